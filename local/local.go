@@ -1,0 +1,234 @@
+// Package local is the near-cache: an in-process ristretto v2 cache whose entries are
+// fenced, so that a copy that may be stale is never served.
+//
+// Ristretto applies Sets asynchronously through a buffer, may drop them, and may apply
+// a Set after a later Del of the same key (the Del removes the stored item at once,
+// the Set lands when the buffer drains). It also rejects a second pending Set of a new
+// key, keeping the first. None of that may leak out as a stale read, so validity is not
+// decided by presence in ristretto but by three checks on every hit:
+//
+//  1. Stripe generation. Keys hash onto a fixed array of atomic counters. Invalidate
+//     bumps the key's stripe; an entry records its stripe's generation as read before
+//     the fill began (a Fence) and is served only while the stripe still holds that
+//     value. A late-landing or reordered ristretto Set therefore carries an old
+//     generation and reads as a miss. A bump on another key of the same stripe only
+//     costs a miss, never a stale read.
+//  2. Node generation. Each entry records the shared-tier node that owns its key and
+//     that node's generation. FlushNode (a lost subscription, a restarted node) is one
+//     atomic increment that retires all of the node's entries without iterating.
+//  3. Expiry, against a coarse clock (an atomic the Cache's own goroutine advances every
+//     Tick), so a hit makes no clock call.
+//
+// Ristretto still bounds memory: each entry costs its value's encoded size plus its key
+// and a fixed overhead, with MaxCost in bytes. Expired entries are not scanned for; they
+// are replaced on the next fill or evicted by cost.
+package local
+
+import (
+	"errors"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// Tick is the resolution of the coarse clock that expiry is checked against. Stored
+// TTLs are shortened by one Tick so that an entry never outlives its deadline.
+const Tick = time.Millisecond
+
+// MaxNodes is the number of shared-tier node indexes the near-cache can tell apart.
+const MaxNodes = 1024
+
+// stripes is the number of fencing counters (uint32 each, 256 KiB in all). More
+// stripes mean fewer false conflicts (a write to one key causing a miss of another).
+const stripes = 1 << 16
+
+// EntryOverhead is the cost in bytes charged for each entry beyond its value and key:
+// the entry struct, ristretto's item and map slot.
+const EntryOverhead = 112
+
+// Config configures a near-cache.
+type Config struct {
+	MaxCost     int64 // total cost in bytes; required
+	NumCounters int64 // ristretto's admission counters; 0 derives it from MaxCost
+}
+
+type entry[V any] struct {
+	key     string
+	val     V
+	absent  bool   // a negative entry: the source has no value
+	expire  int64  // coarse-clock nanoseconds
+	gen     uint32 // stripe generation at fence time
+	node    uint32
+	nodeGen uint32
+}
+
+// Cache is a fenced near-cache. It is safe for concurrent use.
+type Cache[V any] struct {
+	rc      *ristretto.Cache[uint64, *entry[V]]
+	seed    maphash.Seed
+	now     atomic.Int64 // coarse clock: nanoseconds since start
+	start   time.Time
+	stripes *[stripes]atomic.Uint32
+	nodes   [MaxNodes]atomic.Uint32
+
+	stopOnce sync.Once
+	stop     chan struct{} // closed by Close
+	done     chan struct{} // closed when the clock goroutine returns
+}
+
+// New starts a near-cache and its clock goroutine; Close stops both.
+func New[V any](cfg Config) (*Cache[V], error) {
+	if cfg.MaxCost <= 0 {
+		return nil, errors.New("local: MaxCost must be positive")
+	}
+	counters := cfg.NumCounters
+	if counters <= 0 {
+		// About ten counters per expected entry, assuming entries of ~1 KiB.
+		counters = min(max(cfg.MaxCost/100, 10_000), 50_000_000)
+	}
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry[V]]{
+		NumCounters:        counters,
+		MaxCost:            cfg.MaxCost,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		// Keys are hashed once by Hash; the entry carries the full key and Get
+		// compares it, which replaces ristretto's conflict hash.
+		KeyToHash: func(h uint64) (uint64, uint64) { return h, 0 },
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &Cache[V]{
+		rc:      rc,
+		seed:    maphash.MakeSeed(),
+		start:   time.Now(),
+		stripes: new([stripes]atomic.Uint32),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go c.tick()
+	return c, nil
+}
+
+func (c *Cache[V]) tick() {
+	defer close(c.done)
+	t := time.NewTicker(Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+			c.now.Store(int64(time.Since(c.start)))
+		}
+	}
+}
+
+// Close stops the clock and ristretto's goroutines and waits for them. Idempotent.
+func (c *Cache[V]) Close() {
+	c.stopOnce.Do(func() {
+		close(c.stop)
+		<-c.done
+		c.rc.Close()
+	})
+}
+
+// Hash returns the hash Get, Fence and Invalidate take for key.
+func (c *Cache[V]) Hash(key string) uint64 { return maphash.String(c.seed, key) }
+
+// Get returns the entry for key if one is stored and still valid. absent reports a
+// negative entry. It allocates nothing.
+func (c *Cache[V]) Get(h uint64, key string) (v V, absent, ok bool) {
+	e, found := c.rc.Get(h)
+	if !found || e.key != key ||
+		e.gen != c.stripes[h%stripes].Load() ||
+		e.nodeGen != c.nodes[e.node].Load() ||
+		e.expire <= c.now.Load() {
+		return v, false, false
+	}
+	return e.val, e.absent, true
+}
+
+// Fence records the generations a fill of key starts from. Take it before reading the
+// shared tier or calling the loader; Store with it stores nothing if key, or the node,
+// was invalidated in between.
+type Fence struct {
+	h       uint64
+	gen     uint32
+	node    uint32
+	nodeGen uint32
+}
+
+// Fence returns the fence for a fill of the key with hash h, owned by node.
+func (c *Cache[V]) Fence(h uint64, node int) Fence {
+	n := uint32(node) % MaxNodes
+	return Fence{h: h, gen: c.stripes[h%stripes].Load(), node: n, nodeGen: c.nodes[n].Load()}
+}
+
+// Valid reports whether nothing has invalidated f's key or node since f was taken.
+func (c *Cache[V]) Valid(f Fence) bool {
+	return c.stripes[f.h%stripes].Load() == f.gen && c.nodes[f.node].Load() == f.nodeGen
+}
+
+// Store stores v (or, with absent, a negative entry) for key for at most ttl, fenced
+// by f: it reports false and stores nothing if f is no longer valid. Even when it
+// reports true the entry may be dropped by ristretto; a later hit is never stale.
+func (c *Cache[V]) Store(f Fence, key string, v V, absent bool, cost int64, ttl time.Duration) bool {
+	ttl -= Tick
+	if ttl <= 0 || !c.Valid(f) {
+		return false
+	}
+	return c.set(f, f.gen, key, v, absent, cost, ttl)
+}
+
+func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost int64, ttl time.Duration) bool {
+	e := &entry[V]{
+		key: key, val: v, absent: absent,
+		expire: c.now.Load() + int64(ttl),
+		gen:    gen, node: f.node, nodeGen: f.nodeGen,
+	}
+	return c.rc.Set(f.h, e, cost+int64(len(key))+EntryOverhead)
+}
+
+// Replace is the writer's update after its own write reached the shared tier: it
+// invalidates key and then stores v under the new generation, but only if nothing else
+// invalidated key or its node since f was taken (before the write). Otherwise the key
+// is left invalidated, which is always safe: two writers racing in one process cannot
+// leave the loser's value behind.
+func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration) bool {
+	g := c.stripes[f.h%stripes].Add(1)
+	c.rc.Del(f.h)
+	ttl -= Tick
+	if ttl <= 0 || g != f.gen+1 || c.nodes[f.node].Load() != f.nodeGen {
+		return false
+	}
+	return c.set(f, g, key, v, false, cost, ttl)
+}
+
+// Invalidate makes any copy of the key with hash h unservable, including one whose
+// ristretto Set has not landed yet, and fences fills of it that are in flight.
+func (c *Cache[V]) Invalidate(h uint64) {
+	c.stripes[h%stripes].Add(1)
+	c.rc.Del(h)
+}
+
+// FlushNode makes every entry owned by node unservable, in O(1).
+func (c *Cache[V]) FlushNode(node int) { c.nodes[uint32(node)%MaxNodes].Add(1) }
+
+// FlushAll makes every entry unservable and frees their memory.
+func (c *Cache[V]) FlushAll() {
+	for i := range c.nodes {
+		c.nodes[i].Add(1)
+	}
+	c.rc.Clear()
+}
+
+// Wait blocks until ristretto has applied the Sets buffered so far. For tests.
+func (c *Cache[V]) Wait() { c.rc.Wait() }
+
+// Generation identifies the state f was taken in: it changes whenever the key's
+// stripe or its node is invalidated.
+func (f Fence) Generation() uint64 { return uint64(f.gen)<<32 | uint64(f.nodeGen) }

@@ -1,0 +1,156 @@
+package tiered
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Node is one named standalone Redis node of the shared tier's hash ring. The name,
+// not the address, places the node on the ring: keep names stable across restarts and
+// address changes so keys keep their owners.
+type Node struct {
+	Name   string
+	Client *redis.Client // its Options must have ContextTimeoutEnabled set
+}
+
+// Options configures a Cache. The zero value of every field selects the default named
+// in its comment; New never modifies the caller's Options.
+type Options[V any] struct {
+	// Loader loads a key from the source of truth on a miss in both tiers. Without
+	// one, a miss returns ErrNotFound and the cache only holds what Set stored.
+	Loader Loader[V]
+
+	// BatchLoader, if set, loads GetMany's misses in one call. Without one, GetMany
+	// calls Loader per key, at most LoadConcurrency at a time.
+	BatchLoader BatchLoader[V]
+
+	// The shared tier: at most one of Nodes, Client and Addrs. With none, the Cache is
+	// a near-cache in front of the Loader.
+	//
+	// Nodes are standalone Redis nodes spread over a consistent-hash ring. Client is a
+	// single node or a Redis Cluster (*redis.ClusterClient), which routes keys itself.
+	// Addrs is a convenience for Nodes: one client per "host:port" (the name), created
+	// with ContextTimeoutEnabled, no retries and Timeout as read/write timeout, and
+	// closed by Close. Clients passed in Nodes or Client are the caller's to close,
+	// after Close. They must have ContextTimeoutEnabled set: without it go-redis
+	// ignores context deadlines on its sockets and Timeout could not bound a call to a
+	// hung node, so New returns an error.
+	Nodes  []Node
+	Client redis.UniversalClient
+	Addrs  []string
+
+	// RingReplicas is the number of virtual points per node on the ring. Default
+	// ring.DefaultReplicas, which keeps the busiest node within 10% of the mean.
+	RingReplicas int
+
+	// Namespace prefixes every Redis key ("<Namespace>:{<key>}"), so several caches
+	// can share nodes. Default "tiered". Must not contain '{' or '}'.
+	Namespace string
+
+	// TTL is how long a value lives in the shared tier. Default 10 minutes.
+	TTL time.Duration
+
+	// LocalTTL is how long a value lives in the near-cache. Default 1 minute. It is
+	// capped by TTL, and a copy read from the shared tier never outlives the TTL it
+	// was written there with.
+	LocalTTL time.Duration
+
+	// NegativeTTL is how long an absence reported by the Loader (ErrNotFound) is cached,
+	// in both tiers. Default 30 seconds.
+	NegativeTTL time.Duration
+
+	// Jitter shortens every TTL by a random fraction in [0, Jitter) so that entries
+	// filled together do not expire together. Default 0.1; negative disables it;
+	// must be below 1.
+	Jitter float64
+
+	// LocalMaxCost bounds the near-cache's memory, in bytes: each entry costs its
+	// encoded value, its key and a fixed overhead. Default 64 MiB.
+	LocalMaxCost int64
+
+	// Timeout bounds each call to one Redis node. Default 100 ms. A read that times out
+	// falls through to the Loader.
+	Timeout time.Duration
+
+	// LoadTimeout bounds a shared load: the Loader call and the fills after it.
+	// Default 10 seconds.
+	LoadTimeout time.Duration
+
+	// LoadConcurrency bounds GetMany's parallel Loader calls when there is no
+	// BatchLoader. Default 16.
+	LoadConcurrency int
+
+	// MaxKeySize is the longest key accepted, in bytes. Default 1 KiB.
+	MaxKeySize int
+
+	// MaxValueSize is the largest encoded value stored, in bytes. Default 1 MiB. Set
+	// rejects a larger value with ErrValueTooLarge; a larger loaded value is returned
+	// but not cached.
+	MaxValueSize int
+
+	// Codec encodes values for the shared tier. Default: []byte and string values are
+	// stored as they are; any other type with CBOR.
+	Codec Codec[V]
+
+	// Logger receives warnings about failures the caller does not see (a shared tier
+	// that is down while a Loader answers, undecodable bytes). Default: discard.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of o with defaults applied, or an error naming the
+// first invalid field.
+func (o Options[V]) withDefaults() (Options[V], error) {
+	shared := 0
+	for _, set := range []bool{len(o.Nodes) > 0, o.Client != nil, len(o.Addrs) > 0} {
+		if set {
+			shared++
+		}
+	}
+	if shared > 1 {
+		return o, errors.New("tiered: set at most one of Options.Nodes, Options.Client and Options.Addrs")
+	}
+	setDefault(&o.Namespace, "tiered")
+	setDefault(&o.TTL, 10*time.Minute)
+	setDefault(&o.LocalTTL, time.Minute)
+	setDefault(&o.NegativeTTL, 30*time.Second)
+	setDefault(&o.Jitter, 0.1)
+	setDefault(&o.LocalMaxCost, 64<<20)
+	setDefault(&o.Timeout, 100*time.Millisecond)
+	setDefault(&o.LoadTimeout, 10*time.Second)
+	setDefault(&o.LoadConcurrency, 16)
+	setDefault(&o.MaxKeySize, 1024)
+	setDefault(&o.MaxValueSize, 1<<20)
+	if o.Codec == nil {
+		o.Codec = defaultCodec[V]()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Jitter < 0 {
+		o.Jitter = 0
+	}
+	o.LocalTTL = min(o.LocalTTL, o.TTL)
+	switch {
+	case strings.ContainsAny(o.Namespace, "{}"):
+		return o, fmt.Errorf("tiered: Namespace %q must not contain '{' or '}'", o.Namespace)
+	case o.TTL < 0, o.LocalTTL < 0, o.NegativeTTL < 0, o.Timeout < 0, o.LoadTimeout < 0:
+		return o, errors.New("tiered: TTLs and timeouts must not be negative")
+	case o.Jitter >= 1:
+		return o, fmt.Errorf("tiered: Jitter %v must be below 1", o.Jitter)
+	case o.LocalMaxCost < 0 || o.MaxKeySize < 0 || o.MaxValueSize < 0 || o.LoadConcurrency < 0:
+		return o, errors.New("tiered: sizes and limits must not be negative")
+	}
+	return o, nil
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}

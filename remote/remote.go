@@ -1,0 +1,321 @@
+// Package remote is the shared tier: Redis nodes reached through go-redis v9 clients,
+// either several standalone nodes with a client-side consistent-hash ring, or one
+// redis.UniversalClient (a single node or a Redis Cluster) that routes keys itself.
+//
+// Values are opaque framed bytes here; the cache frames and decodes them. Keys are
+// stored as "<namespace>:{<key>}": the braces make the user key the Redis Cluster hash
+// tag, so that companion keys (a key's lease, for instance) land in the same slot.
+//
+// Every call is bounded by the per-call timeout. go-redis only honours a context
+// deadline on its sockets when the client has ContextTimeoutEnabled set, so New
+// refuses clients without it: an unbounded call to a hung node is exactly what a
+// cache in front of a database must never make.
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrMiss reports that Redis holds no value for a key.
+var ErrMiss = errors.New("remote: miss")
+
+// Picker routes a key to the index of the node that owns it. ok is false when no
+// node can take it.
+type Picker interface {
+	Owner(key string) (idx int, ok bool)
+}
+
+// Node is one shared-tier endpoint.
+type Node struct {
+	Name   string
+	Client redis.UniversalClient
+}
+
+// Config configures the shared tier.
+type Config struct {
+	Nodes     []Node        // indexed as Picker indexes them
+	Picker    Picker        // required when len(Nodes) > 1
+	Namespace string        // key prefix; must not contain '{' or '}'
+	Timeout   time.Duration // bound on each call to one node
+}
+
+// Redis is the shared tier over Redis. It is safe for concurrent use.
+type Redis struct {
+	nodes   []node
+	pick    Picker
+	prefix  string
+	timeout time.Duration
+}
+
+type node struct {
+	name    string
+	c       redis.UniversalClient
+	cluster bool // MGET across slots is not allowed: pipeline GETs instead
+}
+
+// New checks cfg and returns the shared tier. It does not contact Redis.
+func New(cfg Config) (*Redis, error) {
+	if len(cfg.Nodes) == 0 {
+		return nil, errors.New("remote: no nodes")
+	}
+	if len(cfg.Nodes) > 1 && cfg.Picker == nil {
+		return nil, errors.New("remote: several nodes need a Picker")
+	}
+	if strings.ContainsAny(cfg.Namespace, "{}") {
+		return nil, fmt.Errorf("remote: namespace %q must not contain '{' or '}'", cfg.Namespace)
+	}
+	if cfg.Timeout <= 0 {
+		return nil, errors.New("remote: Timeout must be positive")
+	}
+	r := &Redis{pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout}
+	for _, n := range cfg.Nodes {
+		if n.Client == nil {
+			return nil, fmt.Errorf("remote: node %q has a nil client", n.Name)
+		}
+		if err := checkClient(n.Name, n.Client); err != nil {
+			return nil, err
+		}
+		_, cluster := n.Client.(*redis.ClusterClient)
+		r.nodes = append(r.nodes, node{name: n.Name, c: n.Client, cluster: cluster})
+	}
+	return r, nil
+}
+
+func checkClient(name string, c redis.UniversalClient) error {
+	var enabled bool
+	switch c := c.(type) {
+	case *redis.Client:
+		enabled = c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		enabled = c.Options().ContextTimeoutEnabled
+	default:
+		return nil // cannot inspect; the caller owns its timeouts
+	}
+	if !enabled {
+		return fmt.Errorf("remote: client for node %q has ContextTimeoutEnabled=false, "+
+			"so go-redis would ignore per-call deadlines and a hung node could block callers "+
+			"for ReadTimeout and every retry; set ContextTimeoutEnabled: true in its options", name)
+	}
+	return nil
+}
+
+// Key returns the Redis key that stores key.
+func (r *Redis) Key(key string) string { return r.prefix + key + "}" }
+
+// Nodes returns the number of nodes.
+func (r *Redis) Nodes() int { return len(r.nodes) }
+
+// Name returns the name of node idx.
+func (r *Redis) Name(idx int) string { return r.nodes[idx].name }
+
+// Owner returns the index of the node that owns key, or -1 if none can.
+func (r *Redis) Owner(key string) int {
+	if r.pick == nil {
+		return 0
+	}
+	idx, ok := r.pick.Owner(key)
+	if !ok {
+		return -1
+	}
+	return idx
+}
+
+func (r *Redis) node(idx int) (node, error) {
+	if idx < 0 || idx >= len(r.nodes) {
+		return node{}, errors.New("remote: no node owns the key")
+	}
+	return r.nodes[idx], nil
+}
+
+// Get returns the bytes stored for key on node idx, or ErrMiss.
+func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
+	n, err := r.node(idx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	b, err := n.c.Get(ctx, r.Key(key)).Bytes()
+	switch {
+	case err == nil:
+		return b, nil
+	case errors.Is(err, redis.Nil):
+		return nil, ErrMiss
+	default:
+		return nil, fmt.Errorf("remote get %q on %s: %w", key, n.name, err)
+	}
+}
+
+// Fill stores b for key on node idx for ttl unless a value is already there (SET NX):
+// a loader's result never overwrites a concurrent writer's.
+func (r *Redis) Fill(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
+	return r.set(ctx, idx, key, b, ttl, true)
+}
+
+// Set stores b for key on node idx for ttl.
+func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
+	return r.set(ctx, idx, key, b, ttl, false)
+}
+
+func (r *Redis) set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, nx bool) error {
+	n, err := r.node(idx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	if nx {
+		err = n.c.SetNX(ctx, r.Key(key), b, ttl).Err()
+	} else {
+		err = n.c.Set(ctx, r.Key(key), b, ttl).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
+	}
+	return nil
+}
+
+// Item is one key of a batch, with the node that owns it.
+type Item struct {
+	Key  string
+	Node int
+	Val  []byte // GetMany: the bytes found (nil on a miss); FillMany: the bytes to store
+	Err  error  // GetMany: ErrMiss, or the error reaching the node
+}
+
+// GetMany looks up items on their nodes: one round trip per node (MGET on a
+// standalone node, a pipeline of GETs on a Cluster, which splits it by slot owner),
+// the nodes in parallel. Results are written into the items.
+func (r *Redis) GetMany(ctx context.Context, items []Item) {
+	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
+		if !n.cluster {
+			keys := make([]string, len(batch))
+			for i, it := range batch {
+				keys[i] = r.Key(it.Key)
+			}
+			vals, err := n.c.MGet(ctx, keys...).Result()
+			if err != nil {
+				return err
+			}
+			for i, it := range batch {
+				switch v := vals[i].(type) {
+				case string:
+					it.Val, it.Err = []byte(v), nil
+				default: // nil: a miss
+					it.Err = ErrMiss
+				}
+			}
+			return nil
+		}
+		cmds := make([]*redis.StringCmd, len(batch))
+		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, it := range batch {
+				cmds[i] = p.Get(ctx, r.Key(it.Key))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		for i, it := range batch {
+			b, err := cmds[i].Bytes()
+			switch {
+			case err == nil:
+				it.Val, it.Err = b, nil
+			case errors.Is(err, redis.Nil):
+				it.Err = ErrMiss
+			default:
+				it.Err = err
+			}
+		}
+		return nil
+	})
+}
+
+// FillMany stores each item's Val with SET NX PX ttls[i], one pipeline per node, the
+// nodes in parallel. Per-item errors are written into the items.
+func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time.Duration) {
+	pos := make(map[*Item]int, len(items))
+	for i := range items {
+		pos[&items[i]] = i
+	}
+	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
+		cmds := make([]*redis.BoolCmd, len(batch))
+		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, it := range batch {
+				cmds[i] = p.SetNX(ctx, r.Key(it.Key), it.Val, ttl(pos[it]))
+			}
+			return nil
+		})
+		for i, it := range batch {
+			it.Err = cmds[i].Err()
+		}
+		return err
+	})
+}
+
+// perNode groups items by node and runs fn once per node, concurrently, each under
+// the per-call timeout. A node-level error is recorded on each of its items.
+func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, node, []*Item) error) {
+	groups := make(map[int][]*Item)
+	for i := range items {
+		it := &items[i]
+		if _, err := r.node(it.Node); err != nil {
+			it.Err = err
+			continue
+		}
+		groups[it.Node] = append(groups[it.Node], it)
+	}
+	var wg sync.WaitGroup
+	for idx, batch := range groups {
+		wg.Go(func() {
+			n := r.nodes[idx]
+			ctx, cancel := context.WithTimeout(ctx, r.timeout)
+			defer cancel()
+			if err := fn(ctx, n, batch); err != nil {
+				err = fmt.Errorf("remote batch of %d keys on %s: %w", len(batch), n.name, err)
+				for _, it := range batch {
+					it.Err = err
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// Del deletes keys, one pipeline per owning node, the nodes in parallel. It returns
+// an error naming every node the delete could not be confirmed on.
+func (r *Redis) Del(ctx context.Context, items []Item) error {
+	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
+		if !n.cluster {
+			keys := make([]string, len(batch))
+			for i, it := range batch {
+				keys[i] = r.Key(it.Key)
+			}
+			return n.c.Del(ctx, keys...).Err()
+		}
+		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, it := range batch {
+				p.Del(ctx, r.Key(it.Key))
+			}
+			return nil
+		})
+		return err
+	})
+	var errs []error
+	seen := make(map[error]bool)
+	for _, it := range items {
+		if it.Err != nil && !seen[it.Err] {
+			seen[it.Err] = true
+			errs = append(errs, it.Err)
+		}
+	}
+	return errors.Join(errs...)
+}

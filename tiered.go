@@ -1,0 +1,622 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/tieredcache/tiered/internal/envelope"
+	"github.com/tieredcache/tiered/local"
+	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/ring"
+)
+
+// Cache is a two-tier read-through cache of V values under string keys. It is safe
+// for concurrent use. Create it with New and release it with Close.
+type Cache[V any] struct {
+	opts   Options[V] // with defaults applied
+	local  *local.Cache[V]
+	shared sharedTier
+	tag    uint32 // envelope tag of opts.Codec
+	group  singleflight.Group
+	stats  counters
+	owned  []io.Closer // clients created from Options.Addrs
+
+	closed  atomic.Bool
+	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait
+	wg      sync.WaitGroup     // calls and loads in flight
+	done    context.Context    // cancelled by Close
+	cancel  context.CancelFunc // cancels done
+	closeMu sync.Mutex         // serialises Close
+	closeFn func() error       // result of the first Close
+}
+
+// sharedTier is what the read and write paths need from the shared tier.
+// remote.Redis implements it; noShared is the null object for a Cache without Redis.
+type sharedTier interface {
+	Owner(key string) int
+	Get(ctx context.Context, node int, key string) ([]byte, error)
+	Fill(ctx context.Context, node int, key string, b []byte, ttl time.Duration) error
+	Set(ctx context.Context, node int, key string, b []byte, ttl time.Duration) error
+	GetMany(ctx context.Context, items []remote.Item)
+	FillMany(ctx context.Context, items []remote.Item, ttl func(i int) time.Duration)
+	Del(ctx context.Context, items []remote.Item) error
+}
+
+var _ sharedTier = (*remote.Redis)(nil)
+
+// noShared is the shared tier of a Cache without Redis: it holds nothing.
+type noShared struct{}
+
+func (noShared) Owner(string) int { return 0 }
+func (noShared) Get(context.Context, int, string) ([]byte, error) {
+	return nil, remote.ErrMiss
+}
+func (noShared) Fill(context.Context, int, string, []byte, time.Duration) error { return nil }
+func (noShared) Set(context.Context, int, string, []byte, time.Duration) error  { return nil }
+func (noShared) GetMany(_ context.Context, items []remote.Item) {
+	for i := range items {
+		items[i].Err = remote.ErrMiss
+	}
+}
+func (noShared) FillMany(context.Context, []remote.Item, func(int) time.Duration) {}
+func (noShared) Del(context.Context, []remote.Item) error                        { return nil }
+
+// New returns a Cache configured by opts. It validates opts but does not contact
+// Redis: a node that is down at start is handled like one that fails later.
+func New[V any](opts Options[V]) (*Cache[V], error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name())}
+	c.shared, err = c.newShared()
+	if err != nil {
+		c.closeOwned()
+		return nil, err
+	}
+	c.local, err = local.New[V](local.Config{MaxCost: o.LocalMaxCost})
+	if err != nil {
+		c.closeOwned()
+		return nil, err
+	}
+	c.done, c.cancel = context.WithCancel(context.Background())
+	return c, nil
+}
+
+func (c *Cache[V]) newShared() (sharedTier, error) {
+	o := c.opts
+	var nodes []remote.Node
+	switch {
+	case o.Client != nil:
+		nodes = []remote.Node{{Name: "redis", Client: o.Client}}
+	case len(o.Nodes) > 0:
+		for _, n := range o.Nodes {
+			if n.Client == nil {
+				return nil, fmt.Errorf("tiered: node %q has a nil Client", n.Name)
+			}
+			nodes = append(nodes, remote.Node{Name: n.Name, Client: n.Client})
+		}
+	case len(o.Addrs) > 0:
+		for _, addr := range o.Addrs {
+			cl := redis.NewClient(&redis.Options{
+				Addr:                  addr,
+				ContextTimeoutEnabled: true,
+				MaxRetries:            -1, // the Loader is the fallback; retries only add latency
+				DialTimeout:           max(o.Timeout, time.Second),
+				ReadTimeout:           o.Timeout,
+				WriteTimeout:          o.Timeout,
+			})
+			c.owned = append(c.owned, cl)
+			nodes = append(nodes, remote.Node{Name: addr, Client: cl})
+		}
+	default:
+		return noShared{}, nil
+	}
+	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout}
+	if len(nodes) > 1 {
+		names := make([]string, len(nodes))
+		for i, n := range nodes {
+			names[i] = n.Name
+		}
+		r, err := ring.New(names, o.RingReplicas)
+		if err != nil {
+			return nil, fmt.Errorf("tiered: %w", err)
+		}
+		cfg.Picker = r
+	}
+	r, err := remote.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("tiered: %w", err)
+	}
+	return r, nil
+}
+
+// Get returns the value of key: from the near-cache, else from the shared tier, else
+// from the Loader, filling the tiers on the way back. It returns ErrNotFound if the
+// key is absent at the source, the Loader's error if the load failed, ctx's error if
+// ctx ends first (the load goes on for the other callers), ErrInvalidKey, or ErrClosed.
+// A shared tier that fails or times out is not an error while a Loader answers.
+func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
+	h := c.local.Hash(key)
+	if v, absent, ok := c.local.Get(h, key); ok {
+		c.stats.localHit(h)
+		if absent {
+			return v, ErrNotFound
+		}
+		return v, nil
+	}
+	return c.get(ctx, h, key)
+}
+
+// flight is the outcome of one fill, shared by every caller that joined it.
+type flight[V any] struct {
+	v      V
+	absent bool
+}
+
+func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
+	var zero V
+	if err := c.checkKey(key); err != nil {
+		return zero, err
+	}
+	if c.closed.Load() {
+		return zero, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	c.stats.localMisses.Add(1)
+	node := c.shared.Owner(key)
+	f := c.local.Fence(h, node)
+	// The flight key carries the fence's generations. A Get that starts after an
+	// invalidation of key (a Set or Delete here, or later a message from another
+	// process) therefore never joins a fill that started before it:
+	//
+	//   1. fill A reads the old value from Redis
+	//   2. Delete(key) removes it from Redis and bumps key's generation
+	//   3. Get B misses locally; with the plain key it would join A
+	//      and return the value deleted in 2
+	//
+	// With the generation in the flight key, B starts its own fill, and A's Store
+	// is refused because A's fence is older than step 2.
+	ch := c.group.DoChan(flightKey(key, f), func() (any, error) {
+		return c.fill(ctx, key, node, f)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return zero, r.Err
+		}
+		fl := r.Val.(flight[V])
+		if fl.absent {
+			return zero, ErrNotFound
+		}
+		return fl.v, nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+func flightKey(key string, f local.Fence) string {
+	b := make([]byte, 0, len(key)+24)
+	b = append(b, key...)
+	b = append(b, 0)
+	b = strconv.AppendUint(b, f.Generation(), 36)
+	return string(b)
+}
+
+// fill runs once per flight, in its own goroutine: shared tier, then Loader, then
+// both tiers. It runs under loadContext, not under the caller's cancellation.
+func (c *Cache[V]) fill(callerCtx context.Context, key string, node int, f local.Fence) (flight[V], error) {
+	if !c.enter() {
+		return flight[V]{}, ErrClosed
+	}
+	defer c.wg.Done()
+	ctx, cancel := c.loadContext(callerCtx)
+	defer cancel()
+
+	b, err := c.shared.Get(ctx, node, key)
+	writeShared, corrupt := true, false
+	switch {
+	case err == nil:
+		v, absent, ttl, derr := c.decode(b)
+		if derr == nil {
+			c.stats.remoteHits.Add(1)
+			c.storeLocal(f, key, v, absent, int64(len(b)), ttl)
+			return flight[V]{v: v, absent: absent}, nil
+		}
+		c.stats.decodeErrors.Add(1)
+		c.opts.Logger.Warn("tiered: undecodable value in the shared tier; reloading", "key", key, "err", derr)
+		corrupt = true
+	case errors.Is(err, remote.ErrMiss):
+		c.stats.remoteMisses.Add(1)
+	default:
+		c.stats.remoteErrors.Add(1)
+		c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", key, "err", err)
+		writeShared = false // the node is failing: do not wait on it twice
+	}
+
+	if c.opts.Loader == nil {
+		return flight[V]{}, ErrNotFound
+	}
+	c.stats.loads.Add(1)
+	v, err := c.loadOne(ctx, key)
+	absent := false
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNotFound):
+		c.stats.notFound.Add(1)
+		absent = true
+	default:
+		c.stats.loadErrors.Add(1)
+		return flight[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
+	}
+	frame, ttl, ok := c.frame(key, v, absent)
+	if !ok {
+		return flight[V]{v: v}, nil
+	}
+	if writeShared {
+		// A loaded value never overwrites one a writer stored meanwhile (SET NX),
+		// except over bytes that do not decode.
+		write := c.shared.Fill
+		if corrupt {
+			write = c.shared.Set
+		}
+		if err := write(ctx, node, key, frame, ttl); err != nil {
+			c.stats.remoteErrors.Add(1)
+			c.opts.Logger.Warn("tiered: shared tier fill failed", "key", key, "err", err)
+		}
+	}
+	c.storeLocal(f, key, v, absent, int64(len(frame)), ttl)
+	return flight[V]{v: v, absent: absent}, nil
+}
+
+// frame encodes a loaded value (or an absence) for the shared tier with its jittered
+// TTL. ok is false if the value cannot be cached: too large, or not encodable.
+func (c *Cache[V]) frame(key string, v V, absent bool) (frame []byte, ttl time.Duration, ok bool) {
+	h := envelope.Header{Kind: envelope.KindAbsent, CodecTag: c.tag}
+	ttl = c.jitter(c.opts.NegativeTTL)
+	var payload []byte
+	if !absent {
+		var err error
+		if payload, err = c.opts.Codec.Marshal(v); err != nil {
+			c.stats.loadErrors.Add(1)
+			c.opts.Logger.Warn("tiered: loaded value does not encode; not cached", "key", key, "err", err)
+			return nil, 0, false
+		}
+		if len(payload) > c.opts.MaxValueSize {
+			c.stats.oversize.Add(1)
+			c.opts.Logger.Warn("tiered: loaded value over MaxValueSize; not cached", "key", key, "size", len(payload))
+			return nil, 0, false
+		}
+		h.Kind, ttl = envelope.KindValue, c.jitter(c.opts.TTL)
+	}
+	h.ExpireMs = time.Now().Add(ttl).UnixMilli()
+	return envelope.Encode(h, payload), ttl, true
+}
+
+// decode parses bytes read from the shared tier, and returns how long the value has
+// left to live there.
+func (c *Cache[V]) decode(b []byte) (v V, absent bool, ttl time.Duration, err error) {
+	h, payload, err := envelope.Decode(b)
+	if err != nil {
+		return v, false, 0, err
+	}
+	if h.CodecTag != c.tag {
+		return v, false, 0, fmt.Errorf("tiered: value written with another codec (tag %#x, ours %q is %#x)", h.CodecTag, c.opts.Codec.Name(), c.tag)
+	}
+	ttl = time.Until(time.UnixMilli(h.ExpireMs))
+	if h.Kind == envelope.KindAbsent {
+		return v, true, ttl, nil
+	}
+	if err := c.opts.Codec.Unmarshal(payload, &v); err != nil {
+		return v, false, 0, fmt.Errorf("tiered: decode with %s: %w", c.opts.Codec.Name(), err)
+	}
+	return v, false, ttl, nil
+}
+
+// storeLocal puts a filled value in the near-cache, for no longer than the local TTL
+// nor than remaining (its time left in the shared tier), fenced by f.
+func (c *Cache[V]) storeLocal(f local.Fence, key string, v V, absent bool, cost int64, remaining time.Duration) {
+	ttl := c.jitter(c.opts.LocalTTL)
+	if absent {
+		ttl = c.jitter(min(c.opts.LocalTTL, c.opts.NegativeTTL))
+	}
+	c.local.Store(f, key, v, absent, cost, min(ttl, remaining))
+}
+
+func (c *Cache[V]) jitter(d time.Duration) time.Duration {
+	if c.opts.Jitter == 0 || d <= 0 {
+		return d
+	}
+	return d - time.Duration(rand.Float64()*c.opts.Jitter*float64(d))
+}
+
+// Set stores v under key in the shared tier (on the key's owner node) and in this
+// process's near-cache. Other processes' near-caches keep their copies until their
+// local TTL ends. It returns ErrValueTooLarge, ErrInvalidKey, ErrClosed, or the
+// shared tier's error; after an error the key is evicted from the near-cache, since
+// the shared tier may or may not hold v.
+func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
+	if err := c.checkKey(key); err != nil {
+		return err
+	}
+	if !c.enter() {
+		return ErrClosed
+	}
+	defer c.wg.Done()
+	payload, err := c.opts.Codec.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("tiered: set %q: encode: %w", key, err)
+	}
+	if len(payload) > c.opts.MaxValueSize {
+		return fmt.Errorf("%w: %q encodes to %d bytes, more than MaxValueSize (%d)", ErrValueTooLarge, key, len(payload), c.opts.MaxValueSize)
+	}
+	ttl := c.jitter(c.opts.TTL)
+	frame := envelope.Encode(envelope.Header{Kind: envelope.KindValue, CodecTag: c.tag, ExpireMs: time.Now().Add(ttl).UnixMilli()}, payload)
+	h := c.local.Hash(key)
+	node := c.shared.Owner(key)
+	f := c.local.Fence(h, node) // before the write: see local.Cache.Replace
+	if err := c.shared.Set(ctx, node, key, frame, ttl); err != nil {
+		c.local.Invalidate(h)
+		return fmt.Errorf("tiered: set %q: %w", key, err)
+	}
+	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl))
+	return nil
+}
+
+// Delete removes keys from the shared tier (one round trip per owner node, the nodes
+// in parallel) and from this process's near-cache. Other processes' near-caches keep
+// their copies until their local TTL ends. All keys are checked before anything is
+// deleted. It returns an error naming the nodes where the delete could not be
+// confirmed; the near-cache is cleared of every key either way.
+func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
+	for _, k := range keys {
+		if err := c.checkKey(k); err != nil {
+			return err
+		}
+	}
+	if !c.enter() {
+		return ErrClosed
+	}
+	defer c.wg.Done()
+	items := make([]remote.Item, len(keys))
+	for i, k := range keys {
+		items[i] = remote.Item{Key: k, Node: c.shared.Owner(k)}
+	}
+	err := c.shared.Del(ctx, items)
+	// Invalidate after the shared tier's delete, so that a fill that read the old
+	// value before it cannot store it (its fence predates this bump).
+	for _, k := range keys {
+		c.local.Invalidate(c.local.Hash(k))
+	}
+	if err != nil {
+		return fmt.Errorf("tiered: delete: %w", err)
+	}
+	return nil
+}
+
+// GetMany returns the values of keys: near-cache hits, then one round trip per shared
+// tier node (the nodes in parallel), then the BatchLoader (or the Loader per key, at
+// most LoadConcurrency at a time) for the rest, filling both tiers. Keys absent at the
+// source are left out of the map. If some loads fail, it returns the values it has
+// and an error joining the failures; an invalid key fails the call before any work.
+func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
+	for _, k := range keys {
+		if err := c.checkKey(k); err != nil {
+			return nil, err
+		}
+	}
+	if !c.enter() {
+		return nil, ErrClosed
+	}
+	defer c.wg.Done()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make(map[string]V, len(keys))
+	type miss struct {
+		h uint64
+		f local.Fence
+	}
+	misses := make(map[string]miss)
+	var items []remote.Item
+	for _, k := range keys {
+		if _, dup := misses[k]; dup {
+			continue
+		}
+		h := c.local.Hash(k)
+		if v, absent, ok := c.local.Get(h, k); ok {
+			c.stats.localHit(h)
+			if !absent {
+				out[k] = v
+			}
+			continue
+		}
+		c.stats.localMisses.Add(1)
+		node := c.shared.Owner(k)
+		misses[k] = miss{h: h, f: c.local.Fence(h, node)}
+		items = append(items, remote.Item{Key: k, Node: node})
+	}
+	if len(items) == 0 {
+		return out, nil
+	}
+
+	c.shared.GetMany(ctx, items)
+	var toLoad []remote.Item // Val unset; Err marks a node that failed
+	for _, it := range items {
+		switch {
+		case it.Err == nil:
+			v, absent, ttl, err := c.decode(it.Val)
+			if err == nil {
+				c.stats.remoteHits.Add(1)
+				c.storeLocal(misses[it.Key].f, it.Key, v, absent, int64(len(it.Val)), ttl)
+				if !absent {
+					out[it.Key] = v
+				}
+				continue
+			}
+			c.stats.decodeErrors.Add(1)
+			c.opts.Logger.Warn("tiered: undecodable value in the shared tier; reloading", "key", it.Key, "err", err)
+			it.Err = nil
+		case errors.Is(it.Err, remote.ErrMiss):
+			c.stats.remoteMisses.Add(1)
+			it.Err = nil
+		default:
+			c.stats.remoteErrors.Add(1)
+			c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", it.Key, "err", it.Err)
+		}
+		it.Val = nil
+		toLoad = append(toLoad, it)
+	}
+	if len(toLoad) == 0 || (c.opts.Loader == nil && c.opts.BatchLoader == nil) {
+		return out, nil
+	}
+
+	ctx, cancel := c.loadContext(ctx)
+	defer cancel()
+	loaded, errs := c.loadMany(ctx, toLoad)
+	var fills []remote.Item
+	var ttls []time.Duration
+	for _, it := range toLoad {
+		r, ok := loaded[it.Key]
+		if !ok {
+			continue // failed; its error is in errs
+		}
+		frame, ttl, ok := c.frame(it.Key, r.v, r.absent)
+		if ok {
+			if it.Err == nil { // skip nodes that failed the read
+				fills = append(fills, remote.Item{Key: it.Key, Node: it.Node, Val: frame})
+				ttls = append(ttls, ttl)
+			}
+			c.storeLocal(misses[it.Key].f, it.Key, r.v, r.absent, int64(len(frame)), ttl)
+		}
+		if !r.absent {
+			out[it.Key] = r.v
+		}
+	}
+	if len(fills) > 0 {
+		c.shared.FillMany(ctx, fills, func(i int) time.Duration { return ttls[i] })
+		for _, it := range fills {
+			if it.Err != nil {
+				c.stats.remoteErrors.Add(1)
+				c.opts.Logger.Warn("tiered: shared tier fill failed", "key", it.Key, "err", it.Err)
+			}
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// loadMany loads the keys of items with the BatchLoader, or with the Loader per key.
+// Keys that failed are missing from the result and have an error in errs.
+func (c *Cache[V]) loadMany(ctx context.Context, items []remote.Item) (map[string]flight[V], []error) {
+	res := make(map[string]flight[V], len(items))
+	if c.opts.BatchLoader != nil {
+		keys := make([]string, len(items))
+		for i, it := range items {
+			keys[i] = it.Key
+		}
+		c.stats.loads.Add(uint64(len(keys)))
+		m, err := c.loadBatch(ctx, keys)
+		if err != nil {
+			c.stats.loadErrors.Add(1)
+			return nil, []error{fmt.Errorf("tiered: batch load of %d keys: %w", len(keys), err)}
+		}
+		for _, k := range keys {
+			v, ok := m[k]
+			if !ok {
+				c.stats.notFound.Add(1)
+			}
+			res[k] = flight[V]{v: v, absent: !ok}
+		}
+		return res, nil
+	}
+	var mu sync.Mutex // protects res and errs
+	var errs []error
+	var g errgroup.Group
+	g.SetLimit(c.opts.LoadConcurrency)
+	for _, it := range items {
+		g.Go(func() error {
+			c.stats.loads.Add(1)
+			v, err := c.loadOne(ctx, it.Key)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				res[it.Key] = flight[V]{v: v}
+			case errors.Is(err, ErrNotFound):
+				c.stats.notFound.Add(1)
+				res[it.Key] = flight[V]{absent: true}
+			default:
+				c.stats.loadErrors.Add(1)
+				errs = append(errs, fmt.Errorf("tiered: load %q: %w", it.Key, err))
+			}
+			return nil
+		})
+	}
+	_ = g.Wait() // the goroutines report through errs
+	return res, errs
+}
+
+// Stats returns a snapshot of the cache's counters.
+func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
+
+// Close stops the Cache: calls made after it return ErrClosed; loads in flight are
+// cancelled and waited for, as are calls in progress; the near-cache's goroutines
+// stop; clients created from Options.Addrs are closed (clients passed in are the
+// caller's). It is idempotent and returns the first call's result.
+func (c *Cache[V]) Close() error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closeFn != nil {
+		return c.closeFn()
+	}
+	c.mu.Lock()
+	c.closed.Store(true)
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	c.local.Close()
+	err := c.closeOwned()
+	c.closeFn = func() error { return err }
+	return err
+}
+
+func (c *Cache[V]) closeOwned() error {
+	var errs []error
+	for _, cl := range c.owned {
+		if err := cl.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// enter registers a call that Close must wait for. It reports false after Close.
+func (c *Cache[V]) enter() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.wg.Add(1)
+	return true
+}
+
+func (c *Cache[V]) checkKey(key string) error {
+	if key == "" || len(key) > c.opts.MaxKeySize {
+		return invalidKey(key, c.opts.MaxKeySize)
+	}
+	return nil
+}

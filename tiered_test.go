@@ -1,0 +1,604 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// source is a Loader backed by a map, counting calls.
+type source struct {
+	mu    sync.Mutex
+	m     map[string]string
+	calls atomic.Int64
+	err   error // returned instead of a value while set
+}
+
+func newSource() *source { return &source{m: make(map[string]string)} }
+
+func (s *source) Load(_ context.Context, key string) (string, error) {
+	s.calls.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return "", s.err
+	}
+	v, ok := s.m[key]
+	if !ok {
+		return "", ErrNotFound
+	}
+	return v, nil
+}
+
+func (s *source) put(k, v string) { s.mu.Lock(); s.m[k] = v; s.mu.Unlock() }
+func (s *source) del(k string)    { s.mu.Lock(); delete(s.m, k); s.mu.Unlock() }
+
+// ringOpts returns Options over servers as a ring of caller-owned clients; the
+// clients are closed at the end of the test.
+func ringOpts[V any](t testing.TB, servers []*redistest.Server) Options[V] {
+	t.Helper()
+	var nodes []Node
+	for i, s := range servers {
+		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		t.Cleanup(func() { cl.Close() })
+		nodes = append(nodes, Node{Name: fmt.Sprintf("node-%d", i), Client: cl})
+	}
+	return Options[V]{
+		Nodes:     nodes,
+		Namespace: "t" + strings.ReplaceAll(t.Name(), "/", "_"),
+		Timeout:   2 * time.Second, // generous: -race on a loaded 2-core machine
+	}
+}
+
+func newCache[V any](t testing.TB, o Options[V]) *Cache[V] {
+	t.Helper()
+	c, err := New(o)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitLocal waits until key is served from c's near-cache (ristretto applies Sets
+// asynchronously).
+func waitLocal[V any](t testing.TB, c *Cache[V], key string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.local.Wait()
+		if _, _, ok := c.local.Get(c.local.Hash(key), key); ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q never reached the near-cache", key)
+		}
+		// ristretto may drop a Set under contention: fill again.
+		c.Get(context.Background(), key)
+	}
+}
+
+func TestTiersAnswerInOrder(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	src.put("k", "v1")
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	a := newCache(t, o)
+	b := newCache(t, o)
+	ctx := context.Background()
+
+	// 1. Cold: both tiers miss, the Loader answers and both tiers are filled.
+	if v, err := a.Get(ctx, "k"); err != nil || v != "v1" {
+		t.Fatalf("a.Get = %q, %v", v, err)
+	}
+	if s := a.Stats(); s.Loads != 1 || s.RemoteMisses != 1 || s.LocalHits != 0 {
+		t.Fatalf("cold Get stats = %+v, want 1 load, 1 remote miss", s)
+	}
+	// 2. Warm in process a: the near-cache answers.
+	waitLocal(t, a, "k")
+	before := a.Stats()
+	if v, err := a.Get(ctx, "k"); err != nil || v != "v1" {
+		t.Fatalf("warm a.Get = %q, %v", v, err)
+	}
+	if s := a.Stats(); s.LocalHits != before.LocalHits+1 || s.Loads != before.Loads || s.RemoteHits != before.RemoteHits {
+		t.Fatalf("warm Get stats = %+v, before %+v: want one more local hit only", s, before)
+	}
+	// 3. Process b: the shared tier answers, the Loader is not called.
+	if v, err := b.Get(ctx, "k"); err != nil || v != "v1" {
+		t.Fatalf("b.Get = %q, %v", v, err)
+	}
+	if s := b.Stats(); s.RemoteHits != 1 || s.Loads != 0 {
+		t.Fatalf("b stats = %+v, want 1 remote hit, 0 loads", s)
+	}
+	if n := src.calls.Load(); n != 1 {
+		t.Fatalf("loader calls = %d, want 1", n)
+	}
+}
+
+func TestNegativeCaching(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	a := newCache(t, o)
+	b := newCache(t, o)
+	ctx := context.Background()
+
+	if _, err := a.Get(ctx, "absent"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a.Get = %v, want ErrNotFound", err)
+	}
+	waitLocal(t, a, "absent")
+	if _, err := a.Get(ctx, "absent"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second a.Get = %v, want ErrNotFound", err)
+	}
+	if _, err := b.Get(ctx, "absent"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("b.Get = %v, want ErrNotFound", err)
+	}
+	if n := src.calls.Load(); n != 1 {
+		t.Fatalf("loader calls = %d, want 1: absence cached in both tiers", n)
+	}
+	if s := b.Stats(); s.RemoteHits != 1 {
+		t.Fatalf("b stats = %+v, want the absence served by the shared tier", s)
+	}
+	if s := a.Stats(); s.NotFound != 1 || s.LocalHits < 1 {
+		t.Fatalf("a stats = %+v, want 1 NotFound and a local hit", s)
+	}
+}
+
+func TestTTLExpiry(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	src.put("k", "v1")
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	o.TTL = 300 * time.Millisecond
+	o.Jitter = -1
+	c := newCache(t, o)
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	src.put("k", "v2")
+	// Within the TTL the cached v1 is served; after it, v2 is loaded. Poll: the
+	// exact instant depends on Redis's expiry and the coarse clock.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, err := c.Get(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == "v2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still %q 10 s after a 300 ms TTL", v)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an event
+	}
+	if n := src.calls.Load(); n != 2 {
+		t.Fatalf("loader calls = %d, want 2", n)
+	}
+	// The remote key expired on its own too: Redis's TTL was set.
+	rk := c.shared.(interface{ Key(string) string }).Key("k")
+	for _, s := range servers {
+		ttl, err := s.Do(ctx, "PTTL", rk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := ttl.(int64); n > 300 {
+			t.Fatalf("PTTL %s = %d ms, want <= 300", rk, n)
+		}
+	}
+}
+
+func TestLoaderErrorNotCached(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	src.put("k", "v")
+	boom := errors.New("db down")
+	src.err = boom
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	c := newCache(t, o)
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, boom) {
+		t.Fatalf("Get = %v, want the loader's error", err)
+	}
+	src.mu.Lock()
+	src.err = nil
+	src.mu.Unlock()
+	if v, err := c.Get(ctx, "k"); err != nil || v != "v" {
+		t.Fatalf("Get after recovery = %q, %v", v, err)
+	}
+	if n := src.calls.Load(); n != 2 {
+		t.Fatalf("loader calls = %d, want 2: errors are not cached", n)
+	}
+	if s := c.Stats(); s.LoadErrors != 1 {
+		t.Fatalf("stats = %+v, want 1 LoadError", s)
+	}
+}
+
+func TestLoaderPanic(t *testing.T) {
+	c := newCache(t, Options[string]{Loader: LoaderFunc[string](func(context.Context, string) (string, error) {
+		panic("kaboom")
+	})})
+	_, err := c.Get(context.Background(), "k")
+	var pe *PanicError
+	if !errors.As(err, &pe) || pe.Value != "kaboom" || !strings.Contains(string(pe.Stack), "TestLoaderPanic") {
+		t.Fatalf("Get = %v, want a *PanicError with the loader's stack", err)
+	}
+}
+
+func TestStampedeOneLoad(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	const n = 1000
+	var started atomic.Int64
+	release := make(chan struct{})
+	var calls atomic.Int64
+	o := ringOpts[string](t, servers)
+	o.Loader = LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		calls.Add(1)
+		<-release
+		return "v", nil
+	})
+	c := newCache(t, o)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range n {
+		wg.Go(func() {
+			started.Add(1)
+			v, err := c.Get(context.Background(), "hot")
+			if err == nil && v != "v" {
+				err = fmt.Errorf("got %q", v)
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	// Hold the load until every goroutine is about to call Get, so they overlap it.
+	deadline := time.Now().Add(10 * time.Second)
+	for started.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := calls.Load(); got != 1 {
+		t.Fatalf("loader calls = %d for %d concurrent Gets, want 1", got, n)
+	}
+	if s := c.Stats(); s.RemoteMisses+s.RemoteHits > n || s.RemoteMisses != 1 {
+		t.Fatalf("stats = %+v: want one shared-tier miss", s)
+	}
+}
+
+func TestGetManyAcrossNodes(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	const n = 60
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("user:%d", i)
+		src.put(keys[i], "v"+keys[i])
+	}
+	var batches atomic.Int64
+	var batchKeys atomic.Int64
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	o.BatchLoader = BatchLoaderFunc[string](func(ctx context.Context, ks []string) (map[string]string, error) {
+		batches.Add(1)
+		batchKeys.Add(int64(len(ks)))
+		m := make(map[string]string)
+		for _, k := range ks {
+			if v, err := src.Load(ctx, k); err == nil {
+				m[k] = v
+			}
+		}
+		return m, nil
+	})
+	a := newCache(t, o)
+	b := newCache(t, o)
+	ctx := context.Background()
+	// keys[0:20] near hits in a; keys[20:40] only in the shared tier (written by b);
+	// keys[40:60] nowhere; plus one key absent at the source.
+	for _, k := range keys[:20] {
+		if _, err := a.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		waitLocal(t, a, k)
+	}
+	for _, k := range keys[20:40] {
+		if err := b.Set(ctx, k, "v"+k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	owners := map[int]bool{}
+	for _, k := range keys[20:40] {
+		owners[a.shared.Owner(k)] = true
+	}
+	if len(owners) != 3 {
+		t.Fatalf("shared keys span %d nodes, want 3", len(owners))
+	}
+	before := a.Stats()
+	batches.Store(0)
+	batchKeys.Store(0)
+	got, err := a.GetMany(ctx, append(keys, "nobody"))
+	if err != nil {
+		t.Fatalf("GetMany: %v", err)
+	}
+	if len(got) != n {
+		t.Fatalf("GetMany returned %d values, want %d", len(got), n)
+	}
+	for _, k := range keys {
+		if got[k] != "v"+k {
+			t.Fatalf("GetMany[%q] = %q", k, got[k])
+		}
+	}
+	s := a.Stats()
+	if d := s.LocalHits - before.LocalHits; d != 20 {
+		t.Errorf("local hits = %d, want 20", d)
+	}
+	if d := s.RemoteHits - before.RemoteHits; d != 20 {
+		t.Errorf("remote hits = %d, want 20", d)
+	}
+	if batches.Load() != 1 || batchKeys.Load() != 21 {
+		t.Errorf("batch loader: %d calls with %d keys, want 1 call with 21", batches.Load(), batchKeys.Load())
+	}
+	// Everything is now in the shared tier: b sees it without loading.
+	loadsBefore := src.calls.Load()
+	got, err = b.GetMany(ctx, keys)
+	if err != nil || len(got) != n {
+		t.Fatalf("b.GetMany = %d values, %v", len(got), err)
+	}
+	if src.calls.Load() != loadsBefore {
+		t.Errorf("b.GetMany loaded %d keys, want 0", src.calls.Load()-loadsBefore)
+	}
+}
+
+func TestGetManyPerKeyLoader(t *testing.T) {
+	src := newSource()
+	for i := range 50 {
+		src.put(fmt.Sprint(i), fmt.Sprint("v", i))
+	}
+	boom := errors.New("boom")
+	c := newCache(t, Options[string]{Loader: LoaderFunc[string](func(ctx context.Context, k string) (string, error) {
+		if k == "bad" {
+			return "", boom
+		}
+		return src.Load(ctx, k)
+	})})
+	keys := []string{"bad", "missing"}
+	for i := range 50 {
+		keys = append(keys, fmt.Sprint(i))
+	}
+	got, err := c.GetMany(context.Background(), keys)
+	if !errors.Is(err, boom) {
+		t.Fatalf("GetMany error = %v, want the failing key's error", err)
+	}
+	if len(got) != 50 {
+		t.Fatalf("GetMany returned %d values, want 50", len(got))
+	}
+}
+
+func TestInstancesShareThroughRedis(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	a := newCache(t, o)
+	b := newCache(t, o)
+	ctx := context.Background()
+	for i := range 30 {
+		k := fmt.Sprint("k", i)
+		if err := a.Set(ctx, k, "from-a"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := b.Get(ctx, k); err != nil || v != "from-a" {
+			t.Fatalf("b.Get(%q) after a.Set = %q, %v", k, v, err)
+		}
+		if err := b.Delete(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		// a's own near-cache may still hold "from-a" (cross-process eviction is the
+		// invalidation bus's job); the shared tier must not.
+		if _, err := servers[0].Do(ctx, "PING"); err != nil {
+			t.Fatal(err)
+		}
+		c := newCache(t, o)
+		if _, err := c.Get(ctx, k); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("fresh Get(%q) after b.Delete = %v, want ErrNotFound from the source", k, err)
+		}
+		c.Close()
+	}
+	if s := b.Stats(); s.RemoteHits != 30 || s.Loads != 0 {
+		t.Fatalf("b stats = %+v, want 30 remote hits and no loads", s)
+	}
+}
+
+// TestReadYourWrites runs 10^4 random Set/Get/Delete/Get sequences on a small key
+// set through one Cache and compares every Get with a model. Ristretto's asynchronous
+// Sets (dropped, reordered after a Del, a second Set of a new key rejected) must never
+// show through.
+func TestReadYourWrites(t *testing.T) {
+	for _, mode := range []string{"ring", "local-only"} {
+		t.Run(mode, func(t *testing.T) {
+			src := newSource()
+			var o Options[string]
+			if mode == "ring" {
+				o = ringOpts[string](t, redistest.Start(t, 3))
+			}
+			o.Loader = src
+			c := newCache(t, o)
+			ctx := context.Background()
+			rng := rand.New(rand.NewPCG(1, 2))
+			keys := make([]string, 16)
+			for i := range keys {
+				keys[i] = fmt.Sprint("ryw:", i)
+			}
+			model := map[string]string{}
+			check := func(k string) {
+				v, err := c.Get(ctx, k)
+				want, ok := model[k]
+				switch {
+				case !ok && !errors.Is(err, ErrNotFound):
+					t.Fatalf("Get(%q) = %q, %v; want ErrNotFound", k, v, err)
+				case ok && (err != nil || v != want):
+					t.Fatalf("Get(%q) = %q, %v; want %q", k, v, err, want)
+				}
+			}
+			const sequences = 10_000
+			for i := range sequences {
+				k := keys[rng.IntN(len(keys))]
+				switch rng.IntN(3) {
+				case 0: // Set; Get; Delete; Get
+					v := fmt.Sprint("v", i)
+					src.put(k, v)
+					if err := c.Set(ctx, k, v); err != nil {
+						t.Fatal(err)
+					}
+					model[k] = v
+					check(k)
+					src.del(k)
+					if err := c.Delete(ctx, k); err != nil {
+						t.Fatal(err)
+					}
+					delete(model, k)
+					check(k)
+				case 1: // Set; Set; Get (the second Set of a new key)
+					for j := range 2 {
+						v := fmt.Sprint("v", i, ".", j)
+						src.put(k, v)
+						if err := c.Set(ctx, k, v); err != nil {
+							t.Fatal(err)
+						}
+						model[k] = v
+					}
+					check(k)
+				case 2: // Get; Delete; Get
+					check(k)
+					src.del(k)
+					if err := c.Delete(ctx, k); err != nil {
+						t.Fatal(err)
+					}
+					delete(model, k)
+					check(k)
+				}
+			}
+		})
+	}
+}
+
+func TestFailOpen(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	src := newSource()
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	o.Timeout = 200 * time.Millisecond
+	c := newCache(t, o)
+	if err := servers[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 50 {
+		k := fmt.Sprint("k", i)
+		src.put(k, "v"+k)
+		if v, err := c.Get(ctx, k); err != nil || v != "v"+k {
+			t.Fatalf("Get(%q) with a dead node = %q, %v", k, v, err)
+		}
+	}
+	if s := c.Stats(); s.RemoteErrors == 0 || s.Loads != 50 {
+		t.Fatalf("stats = %+v, want RemoteErrors > 0 and 50 loads", s)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	servers := redistest.Start(t, 1)
+	o := ringOpts[string](t, servers)
+	o.MaxKeySize = 16
+	o.MaxValueSize = 32
+	noLoader := newCache(t, o)
+	closed, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := closed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	ctx := context.Background()
+	long := strings.Repeat("k", 17)
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want error
+	}{
+		{"Get empty key", func() error { _, err := noLoader.Get(ctx, ""); return err }, ErrInvalidKey},
+		{"Get long key", func() error { _, err := noLoader.Get(ctx, long); return err }, ErrInvalidKey},
+		{"Set empty key", func() error { return noLoader.Set(ctx, "", "v") }, ErrInvalidKey},
+		{"Delete empty key", func() error { return noLoader.Delete(ctx, "a", "") }, ErrInvalidKey},
+		{"GetMany empty key", func() error { _, err := noLoader.GetMany(ctx, []string{"a", ""}); return err }, ErrInvalidKey},
+		{"miss without Loader", func() error { _, err := noLoader.Get(ctx, "nothing"); return err }, ErrNotFound},
+		{"value over MaxValueSize", func() error { return noLoader.Set(ctx, "big", strings.Repeat("x", 33)) }, ErrValueTooLarge},
+		{"cancelled ctx", func() error { _, err := noLoader.Get(cancelled, "k"); return err }, context.Canceled},
+		{"Get after Close", func() error { _, err := closed.Get(ctx, "k"); return err }, ErrClosed},
+		{"GetMany after Close", func() error { _, err := closed.GetMany(ctx, []string{"k"}); return err }, ErrClosed},
+		{"Set after Close", func() error { return closed.Set(ctx, "k", "v") }, ErrClosed},
+		{"Delete after Close", func() error { return closed.Delete(ctx, "k") }, ErrClosed},
+		{"Close twice", func() error { return closed.Close() }, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := tc.call(); !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
+				t.Fatalf("error = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	// The rejected value left nothing behind.
+	if _, err := noLoader.Get(ctx, "big"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get(big) after a rejected Set = %v, want ErrNotFound", err)
+	}
+}
+
+func TestOptionsErrors(t *testing.T) {
+	noTimeout := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer noTimeout.Close()
+	for _, tc := range []struct {
+		name string
+		o    Options[string]
+		want string
+	}{
+		{"two shared tiers", Options[string]{Addrs: []string{"a:1"}, Client: noTimeout}, "at most one"},
+		{"client without ContextTimeoutEnabled", Options[string]{Client: noTimeout}, "ContextTimeoutEnabled"},
+		{"braces in namespace", Options[string]{Namespace: "a{b"}, "Namespace"},
+		{"jitter 1", Options[string]{Jitter: 1}, "Jitter"},
+		{"duplicate node names", Options[string]{Addrs: []string{"127.0.0.1:1", "127.0.0.1:1"}}, "duplicate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(tc.o)
+			if err == nil {
+				c.Close()
+				t.Fatal("New succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New error = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
