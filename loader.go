@@ -70,6 +70,6 @@ func recoverLoad(err *error) {
 // Close.
 func (c *Cache[V]) loadContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.LoadTimeout)
-	stop := context.AfterFunc(c.done, cancel)
+	stop := context.AfterFunc(c.closing, cancel)
 	return ctx, func() { stop(); cancel() }
 }

@@ -27,16 +27,17 @@ type Cache[V any] struct {
 	opts   Options[V] // with defaults applied
 	local  *local.Cache[V]
 	shared sharedTier
-	tag    uint32 // envelope tag of opts.Codec
-	group  singleflight.Group
+	tag    uint32             // envelope tag of opts.Codec
+	reads  singleflight.Group // shared-tier reads in flight, by flightKey
+	loads  singleflight.Group // loads in flight, by flightKey
 	stats  counters
 	owned  []io.Closer // clients created from Options.Addrs
 
 	closed  atomic.Bool
 	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait
 	wg      sync.WaitGroup     // calls and loads in flight
-	done    context.Context    // cancelled by Close
-	cancel  context.CancelFunc // cancels done
+	closing context.Context    // cancelled by Close
+	cancel  context.CancelFunc // cancels closing
 	closeMu sync.Mutex         // serialises Close
 	closeFn func() error       // result of the first Close
 }
@@ -70,7 +71,7 @@ func (noShared) GetMany(_ context.Context, items []remote.Item) {
 	}
 }
 func (noShared) FillMany(context.Context, []remote.Item, func(int) time.Duration) {}
-func (noShared) Del(context.Context, []remote.Item) error                        { return nil }
+func (noShared) Del(context.Context, []remote.Item) error                         { return nil }
 
 // New returns a Cache configured by opts. It validates opts but does not contact
 // Redis: a node that is down at start is handled like one that fails later.
@@ -90,7 +91,7 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 		c.closeOwned()
 		return nil, err
 	}
-	c.done, c.cancel = context.WithCancel(context.Background())
+	c.closing, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
 
@@ -159,10 +160,18 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	return c.get(ctx, h, key)
 }
 
-// flight is the outcome of one fill, shared by every caller that joined it.
+// flight is the outcome of a read or a load, shared by every caller that joined it.
 type flight[V any] struct {
 	v      V
 	absent bool
+}
+
+// shared is the outcome of a shared-tier read.
+type shared[V any] struct {
+	flight[V]
+	hit     bool
+	failed  bool // the node failed or timed out: do not write to it
+	corrupt bool // undecodable bytes are stored: overwrite them
 }
 
 func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
@@ -170,42 +179,72 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	if err := c.checkKey(key); err != nil {
 		return zero, err
 	}
-	if c.closed.Load() {
-		return zero, ErrClosed
-	}
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
+	if !c.enter() {
+		return zero, ErrClosed
+	}
+	defer c.wg.Done()
 	c.stats.localMisses.Add(1)
 	node := c.shared.Owner(key)
 	f := c.local.Fence(h, node)
-	// The flight key carries the fence's generations. A Get that starts after an
-	// invalidation of key (a Set or Delete here, or later a message from another
-	// process) therefore never joins a fill that started before it:
+	// Flight keys carry the fence's generations. A Get that starts after an
+	// invalidation of key (a Set or Delete here, or a message from another process)
+	// therefore never joins a read or load that started before it:
 	//
-	//   1. fill A reads the old value from Redis
+	//   1. Get A reads the old value from Redis
 	//   2. Delete(key) removes it from Redis and bumps key's generation
 	//   3. Get B misses locally; with the plain key it would join A
 	//      and return the value deleted in 2
 	//
-	// With the generation in the flight key, B starts its own fill, and A's Store
-	// is refused because A's fence is older than step 2.
-	ch := c.group.DoChan(flightKey(key, f), func() (any, error) {
-		return c.fill(ctx, key, node, f)
+	// With the generation in the key, B starts its own read, and A's Store is
+	// refused because A's fence is older than step 2.
+	fk := flightKey(key, f)
+
+	// Phase 1: the shared-tier read runs inline in the first caller, with no
+	// goroutine hand-off on the path of a shared hit; concurrent callers share it.
+	// It is bounded by Options.Timeout, which also bounds how long a caller whose
+	// ctx ends may stay in it.
+	var load <-chan singleflight.Result
+	r, _, _ := c.reads.Do(fk, func() (any, error) {
+		sr := c.readShared(context.WithoutCancel(ctx), key, node, f)
+		if !sr.hit {
+			// Start the load before releasing the callers of this read, so
+			// that they all join it (below) rather than start their own.
+			load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, sr, false) })
+		}
+		return sr, nil
 	})
+	if sr := r.(shared[V]); sr.hit {
+		return result(sr.flight)
+	}
+	// Phase 2: the load runs in its own goroutine, so that every caller honours
+	// its own ctx while waiting and none cancels it for the others. A caller that
+	// joined another's read joins its load; if that load has already ended, the
+	// new one reads the shared tier again first, where the ended one left the value.
+	if load == nil {
+		load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, shared[V]{}, true) })
+	}
 	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return zero, r.Err
+	case res := <-load:
+		if res.Err != nil {
+			return zero, res.Err
 		}
-		fl := r.Val.(flight[V])
-		if fl.absent {
-			return zero, ErrNotFound
-		}
-		return fl.v, nil
+		return result(res.Val.(flight[V]))
 	case <-ctx.Done():
 		return zero, ctx.Err()
+	case <-c.closing.Done():
+		return zero, ErrClosed
 	}
+}
+
+func result[V any](fl flight[V]) (V, error) {
+	if fl.absent {
+		var zero V
+		return zero, ErrNotFound
+	}
+	return fl.v, nil
 }
 
 func flightKey(key string, f local.Fence) string {
@@ -216,37 +255,45 @@ func flightKey(key string, f local.Fence) string {
 	return string(b)
 }
 
-// fill runs once per flight, in its own goroutine: shared tier, then Loader, then
-// both tiers. It runs under loadContext, not under the caller's cancellation.
-func (c *Cache[V]) fill(callerCtx context.Context, key string, node int, f local.Fence) (flight[V], error) {
-	if !c.enter() {
-		return flight[V]{}, ErrClosed
-	}
-	defer c.wg.Done()
-	ctx, cancel := c.loadContext(callerCtx)
-	defer cancel()
-
+// readShared reads key from the shared tier and, on a hit, fills the near-cache.
+func (c *Cache[V]) readShared(ctx context.Context, key string, node int, f local.Fence) shared[V] {
 	b, err := c.shared.Get(ctx, node, key)
-	writeShared, corrupt := true, false
 	switch {
 	case err == nil:
 		v, absent, ttl, derr := c.decode(b)
 		if derr == nil {
 			c.stats.remoteHits.Add(1)
 			c.storeLocal(f, key, v, absent, int64(len(b)), ttl)
-			return flight[V]{v: v, absent: absent}, nil
+			return shared[V]{flight: flight[V]{v: v, absent: absent}, hit: true}
 		}
 		c.stats.decodeErrors.Add(1)
 		c.opts.Logger.Warn("tiered: undecodable value in the shared tier; reloading", "key", key, "err", derr)
-		corrupt = true
+		return shared[V]{corrupt: true}
 	case errors.Is(err, remote.ErrMiss):
 		c.stats.remoteMisses.Add(1)
+		return shared[V]{}
 	default:
 		c.stats.remoteErrors.Add(1)
 		c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", key, "err", err)
-		writeShared = false // the node is failing: do not wait on it twice
+		return shared[V]{failed: true}
 	}
+}
 
+// load runs once per load flight, in its own goroutine, under loadContext (the
+// values of the first caller's ctx, not its cancellation): the Loader, then both
+// tiers. With reread it first reads the shared tier again (see get).
+func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local.Fence, sr shared[V], reread bool) (flight[V], error) {
+	if !c.enter() {
+		return flight[V]{}, ErrClosed
+	}
+	defer c.wg.Done()
+	ctx, cancel := c.loadContext(callerCtx)
+	defer cancel()
+	if reread {
+		if sr = c.readShared(ctx, key, node, f); sr.hit {
+			return sr.flight, nil
+		}
+	}
 	if c.opts.Loader == nil {
 		return flight[V]{}, ErrNotFound
 	}
@@ -266,11 +313,11 @@ func (c *Cache[V]) fill(callerCtx context.Context, key string, node int, f local
 	if !ok {
 		return flight[V]{v: v}, nil
 	}
-	if writeShared {
+	if !sr.failed {
 		// A loaded value never overwrites one a writer stored meanwhile (SET NX),
 		// except over bytes that do not decode.
 		write := c.shared.Fill
-		if corrupt {
+		if sr.corrupt {
 			write = c.shared.Set
 		}
 		if err := write(ctx, node, key, frame, ttl); err != nil {

@@ -200,7 +200,6 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 // leave the loser's value behind.
 func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration) bool {
 	g := c.stripes[f.h%stripes].Add(1)
-	c.rc.Del(f.h)
 	ttl -= Tick
 	if ttl <= 0 || g != f.gen+1 || c.nodes[f.node].Load() != f.nodeGen {
 		return false
@@ -210,9 +209,13 @@ func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Durati
 
 // Invalidate makes any copy of the key with hash h unservable, including one whose
 // ristretto Set has not landed yet, and fences fills of it that are in flight.
+//
+// It does not call ristretto's Del: the generation bump alone is what makes the
+// copy unservable, and Del hands an item to ristretto's goroutine through a channel
+// (a wake-up on every write). The dead entry keeps its cost until the next fill of
+// the key replaces it or ristretto evicts it, so memory stays bounded by MaxCost.
 func (c *Cache[V]) Invalidate(h uint64) {
 	c.stripes[h%stripes].Add(1)
-	c.rc.Del(h)
 }
 
 // FlushNode makes every entry owned by node unservable, in O(1).

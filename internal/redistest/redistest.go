@@ -209,7 +209,7 @@ func (s *Server) Do(ctx context.Context, args ...any) (any, error) {
 	// Dial here rather than in the go-redis pool: a failed pool dial starts
 	// a retry goroutine that outlives Close by up to a second (and logs),
 	// which would trip goleak in tests that Do against a killed node.
-	var d net.Dialer
+	d := net.Dialer{Timeout: 5 * time.Second} // ctx may shorten it
 	conn, err := d.DialContext(ctx, "tcp", s.Addr())
 	if err != nil {
 		return nil, err

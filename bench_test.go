@@ -1,0 +1,203 @@
+package tiered
+
+// Each benchmark here runs beside its baseline in the same process, so a ratio can be
+// read from one run:
+//
+//	BenchmarkGetLocalHit   vs BenchmarkRistrettoGet      (raw ristretto v2, same config and value type)
+//	BenchmarkGetRemoteHit  vs BenchmarkRedisGet          (raw go-redis GET of the same bytes, same node)
+//	BenchmarkGetMany100    vs BenchmarkGetSequential100  (100 shared-tier hits over 3 nodes)
+//
+// go test -run '^$' -bench . -benchmem -count 6 | benchstat -
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+const benchKeys = 1024
+
+func benchKeyNames() []string {
+	keys := make([]string, benchKeys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("bench:user:%d", i)
+	}
+	return keys
+}
+
+var benchValue = "a value of a few dozen bytes, like a small JSON record"
+
+func BenchmarkGetLocalHit(b *testing.B) {
+	keys := benchKeyNames()
+	c, err := New(Options[string]{Loader: LoaderFunc[string](func(_ context.Context, k string) (string, error) {
+		return benchValue, nil
+	})})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	for _, k := range keys {
+		waitLocal(b, c, k)
+	}
+	before := c.Stats()
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if _, err := c.Get(ctx, keys[i%benchKeys]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.StopTimer()
+	if s := c.Stats(); s.LocalMisses != before.LocalMisses {
+		b.Fatalf("%d near-cache misses during a hit benchmark", s.LocalMisses-before.LocalMisses)
+	}
+}
+
+// BenchmarkRistrettoGet is BenchmarkGetLocalHit's baseline: raw ristretto with the
+// configuration the near-cache uses by default and the same keys and values.
+func BenchmarkRistrettoGet(b *testing.B) {
+	keys := benchKeyNames()
+	rc, err := ristretto.NewCache(&ristretto.Config[string, string]{
+		NumCounters:        (64 << 20) / 100,
+		MaxCost:            64 << 20,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rc.Close()
+	for _, k := range keys {
+		for {
+			rc.Set(k, benchValue, int64(len(benchValue)))
+			rc.Wait()
+			if _, ok := rc.Get(k); ok {
+				break
+			}
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		if _, ok := rc.Get(keys[i%benchKeys]); !ok {
+			b.Fatal("miss")
+		}
+		i++
+	}
+}
+
+func BenchmarkGetRemoteHit(b *testing.B) {
+	srv := redistest.Start(b, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	defer cl.Close()
+	c, err := New(Options[[]byte]{Client: cl, Namespace: "bench", Timeout: time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	val := []byte(benchValue)
+	if err := c.Set(ctx, "k", val); err != nil {
+		b.Fatal(err)
+	}
+	h := c.local.Hash("k")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		c.local.Invalidate(h) // make this Get a near-cache miss
+		if _, err := c.Get(ctx, "k"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if s := c.Stats(); s.RemoteHits < uint64(b.N) || s.Loads != 0 {
+		b.Fatalf("stats = %+v: not every Get was a shared-tier hit", s)
+	}
+}
+
+// BenchmarkRedisGet is BenchmarkGetRemoteHit's baseline: a raw go-redis GET of the
+// same stored bytes (envelope included) from the same kind of node.
+func BenchmarkRedisGet(b *testing.B) {
+	srv := redistest.Start(b, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	defer cl.Close()
+	c, err := New(Options[[]byte]{Client: cl, Namespace: "bench", Timeout: time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", []byte(benchValue)); err != nil {
+		b.Fatal(err)
+	}
+	rk := "bench:{k}"
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := cl.Get(ctx, rk).Bytes(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// manyFixture is a Cache on a 3-node ring holding 100 keys in the shared tier.
+func manyFixture(b *testing.B) (*Cache[[]byte], []string) {
+	servers := redistest.Start(b, 3)
+	o := ringOpts[[]byte](b, servers)
+	o.Timeout = time.Second
+	c := newCache(b, o)
+	keys := benchKeyNames()[:100]
+	for _, k := range keys {
+		if err := c.Set(context.Background(), k, []byte(benchValue)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return c, keys
+}
+
+func invalidateAll(c *Cache[[]byte], keys []string) {
+	for _, k := range keys {
+		c.local.Invalidate(c.local.Hash(k))
+	}
+}
+
+func BenchmarkGetMany100(b *testing.B) {
+	c, keys := manyFixture(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		invalidateAll(c, keys) // shared-tier hits, not near hits
+		m, err := c.GetMany(ctx, keys)
+		if err != nil || len(m) != len(keys) {
+			b.Fatalf("GetMany = %d values, %v", len(m), err)
+		}
+	}
+}
+
+// BenchmarkGetSequential100 is BenchmarkGetMany100's baseline: the same 100
+// shared-tier hits, one Get after another.
+func BenchmarkGetSequential100(b *testing.B) {
+	c, keys := manyFixture(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		invalidateAll(c, keys)
+		for _, k := range keys {
+			if _, err := c.Get(ctx, k); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
