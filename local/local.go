@@ -198,13 +198,28 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 // invalidated key or its node since f was taken (before the write). Otherwise the key
 // is left invalidated, which is always safe: two writers racing in one process cannot
 // leave the loser's value behind.
-func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration) bool {
+//
+// With wait, Replace returns only once ristretto has applied the store, so that a Get
+// right after it hits. A cache with no tier behind it needs that (the write exists
+// nowhere else); one with a shared tier does not, and should not pay for it.
+func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration, wait bool) bool {
 	g := c.stripes[f.h%stripes].Add(1)
 	ttl -= Tick
 	if ttl <= 0 || g != f.gen+1 || c.nodes[f.node].Load() != f.nodeGen {
 		return false
 	}
-	return c.set(f, g, key, v, false, cost, ttl)
+	if _, stored := c.rc.Get(f.h); !stored {
+		// Ristretto rejects a Set of a key it has not stored yet while an earlier
+		// Set of that key is still in its buffer: the earlier (now stale) value
+		// would land and this one be dropped. A Del queued in between orders them.
+		// A stored key takes ristretto's in-place update path and needs no Del.
+		c.rc.Del(f.h)
+	}
+	ok := c.set(f, g, key, v, false, cost, ttl)
+	if ok && wait {
+		c.rc.Wait()
+	}
+	return ok
 }
 
 // Invalidate makes any copy of the key with hash h unservable, including one whose
@@ -229,7 +244,8 @@ func (c *Cache[V]) FlushAll() {
 	c.rc.Clear()
 }
 
-// Wait blocks until ristretto has applied the Sets buffered so far. For tests.
+// Wait blocks until ristretto has applied the stores buffered so far. It costs a
+// few microseconds: use it where a miss would cost more (after a Loader call).
 func (c *Cache[V]) Wait() { c.rc.Wait() }
 
 // Generation identifies the state f was taken in: it changes whenever the key's

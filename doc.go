@@ -1,0 +1,62 @@
+// Package tiered is a two-tier, read-through cache for services that run as many
+// replicas: an in-process near-cache in front of a shared tier of Redis nodes, with
+// the caller's Loader behind both.
+//
+// # Tiers
+//
+//   - The near-cache (package local) is ristretto v2, bounded in bytes
+//     (Options.LocalMaxCost). A hit costs one hash, one ristretto lookup and three
+//     atomic loads, and allocates nothing.
+//   - The shared tier (package remote) is Redis: several standalone nodes spread over
+//     a consistent-hash ring (Options.Nodes or Options.Addrs; package ring), or one
+//     redis.UniversalClient for a single node or a Redis Cluster (Options.Client).
+//   - The source of truth is the Loader. The cache never invents values: what it
+//     serves was loaded or Set.
+//
+// Without a shared tier the Cache is a near-cache in front of the Loader; without a
+// Loader it holds only what Set stored and a miss is ErrNotFound.
+//
+// # Read path
+//
+// Get looks in the near-cache; on a miss the first caller for the key in this
+// process reads the key's owner node (concurrent callers share that read), and if
+// Redis has no value, one Loader call fills Redis and the near-cache. Absence
+// (ErrNotFound from the Loader) is cached too, for Options.NegativeTTL. A shared
+// tier that fails or times out (Options.Timeout) is counted in Stats, logged, and
+// bypassed: the Loader answers. Loader errors are never cached; panics become a
+// *PanicError. GetMany does the same for many keys with one round trip per node.
+//
+// # Write path
+//
+// Set writes the owner node and then this process's near-cache; Delete deletes on
+// the owner nodes and evicts from this process's near-cache. A Get in this process
+// that starts after Set or Delete returns sees its effect (read-your-writes), even
+// though ristretto applies its own Sets asynchronously and may drop or reorder them:
+// every near-cache entry is fenced by a generation that Set and Delete advance, so a
+// copy from before the write can never be served, nor stored by a fill that was in
+// flight during it.
+//
+// # Staleness
+//
+// A near-cache copy lives at most Options.LocalTTL (default 1 minute), and never
+// longer than the time its value had left in Redis when it was read (the expiry is
+// stored with the value). Other processes' near-caches learn of a Set or Delete
+// only when their copy expires; writes made to Redis or to the source of truth
+// without this package are bounded the same way, and Redis copies by Options.TTL.
+//
+// # Encoding
+//
+// Values travel to Redis in a versioned envelope: a header with the codec, the kind
+// (value or absence) and the expiry, then the codec's bytes. []byte and string
+// values are stored as they are; other types use CBOR unless Options.Codec says
+// otherwise. Bytes that do not decode (written by another codec, another version or
+// another program) are counted in Stats.DecodeErrors, never copied into the
+// near-cache, and replaced by a fresh load.
+//
+// # Concurrency and lifecycle
+//
+// A Cache is safe for concurrent use. Close cancels loads in flight, waits for every
+// goroutine the Cache started and every call in progress, and is idempotent; calls
+// after it return ErrClosed. Values are shared between callers and tiers: do not
+// mutate a value after passing it to Set or receiving it from Get.
+package tiered
