@@ -200,25 +200,30 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 // leave the loser's value behind.
 //
 // With wait, Replace returns only once ristretto has applied the store, so that a Get
-// right after it hits. A cache with no tier behind it needs that (the write exists
-// nowhere else); one with a shared tier does not, and should not pay for it.
+// right after it hits (unless ristretto's admission policy refused the entry). A cache
+// with no tier behind it needs that, since the write exists nowhere else; one with a
+// shared tier does not, and should not pay for it.
 func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration, wait bool) bool {
 	g := c.stripes[f.h%stripes].Add(1)
 	ttl -= Tick
 	if ttl <= 0 || g != f.gen+1 || c.nodes[f.node].Load() != f.nodeGen {
 		return false
 	}
-	if _, stored := c.rc.Get(f.h); !stored {
-		// Ristretto rejects a Set of a key it has not stored yet while an earlier
-		// Set of that key is still in its buffer: the earlier (now stale) value
-		// would land and this one be dropped. A Del queued in between orders them.
-		// A stored key takes ristretto's in-place update path and needs no Del.
-		c.rc.Del(f.h)
+	if !wait {
+		// Ristretto may drop this Set (a Set of a key it has not stored yet is
+		// rejected while an earlier Set of that key is still buffered); the caller
+		// has a shared tier to fall back on, so that only costs a miss.
+		return c.set(f, g, key, v, false, cost, ttl)
 	}
-	ok := c.set(f, g, key, v, false, cost, ttl)
-	if ok && wait {
+	if _, stored := c.rc.Get(f.h); !stored {
+		// Drain any earlier Set of the key still buffered, and the Del, before this
+		// Set: otherwise ristretto would reject this Set as a second addition, or
+		// apply the Del after this Set's in-place update.
+		c.rc.Del(f.h)
 		c.rc.Wait()
 	}
+	ok := c.set(f, g, key, v, false, cost, ttl)
+	c.rc.Wait()
 	return ok
 }
 

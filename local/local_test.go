@@ -1,0 +1,185 @@
+package local
+
+import (
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newCache(t *testing.T) *Cache[string] {
+	t.Helper()
+	c, err := New[string](Config{MaxCost: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// store stores and waits until ristretto has applied it.
+func store(t *testing.T, c *Cache[string], f Fence, key, v string) {
+	t.Helper()
+	if !c.Store(f, key, v, false, int64(len(v)), time.Minute) {
+		t.Fatalf("Store(%q) refused with a valid fence", key)
+	}
+	c.Wait()
+}
+
+func get(c *Cache[string], key string) (string, bool) {
+	v, _, ok := c.Get(c.Hash(key), key)
+	return v, ok
+}
+
+func TestStoreThenGet(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	store(t, c, c.Fence(h, 0), "k", "v")
+	if v, ok := get(c, "k"); !ok || v != "v" {
+		t.Fatalf("Get = %q, %v; want v", v, ok)
+	}
+	if _, ok := get(c, "other"); ok {
+		t.Fatal("Get of a key never stored hit")
+	}
+}
+
+func TestInvalidateFencesFill(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	f := c.Fence(h, 0) // a fill starts
+	c.Invalidate(h)    // a write lands while it is in flight
+	if c.Store(f, "k", "old", false, 3, time.Minute) {
+		t.Fatal("Store accepted a fence taken before an invalidation")
+	}
+	c.Wait()
+	if _, ok := get(c, "k"); ok {
+		t.Fatal("the fenced fill is served")
+	}
+}
+
+// A ristretto Set that lands after the invalidation (it was buffered) is not served.
+func TestLateSetNotServed(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	if !c.Store(c.Fence(h, 0), "k", "old", false, 3, time.Minute) {
+		t.Fatal("Store refused")
+	}
+	c.Invalidate(h) // before ristretto has necessarily applied the Set
+	c.Wait()        // now it has
+	if v, ok := get(c, "k"); ok {
+		t.Fatalf("Get = %q after Invalidate; a late Set leaked through", v)
+	}
+}
+
+func TestReplace(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	store(t, c, c.Fence(h, 0), "k", "v0")
+
+	// One writer: its value replaces the old one.
+	f := c.Fence(h, 0)
+	if !c.Replace(f, "k", "v1", 2, time.Minute, true) {
+		t.Fatal("Replace refused for a lone writer")
+	}
+	if v, ok := get(c, "k"); !ok || v != "v1" {
+		t.Fatalf("Get = %q, %v; want v1", v, ok)
+	}
+
+	// Two writers whose writes overlap: neither value may stay, since the shared
+	// tier holds the one that wrote last and the order is unknown here.
+	f1, f2 := c.Fence(h, 0), c.Fence(h, 0)
+	c.Replace(f1, "k", "a", 1, time.Minute, true)
+	if c.Replace(f2, "k", "b", 1, time.Minute, true) {
+		t.Fatal("Replace accepted a fence that another write overtook")
+	}
+	if v, ok := get(c, "k"); ok {
+		t.Fatalf("Get = %q after overlapping writes, want a miss", v)
+	}
+}
+
+// A second Replace of a key whose first Set is still buffered must win.
+func TestReplaceTwiceNewKey(t *testing.T) {
+	c := newCache(t)
+	for i := range 1000 {
+		key := "k" + string(rune('a'+i%26)) + time.Duration(i).String()
+		h := c.Hash(key)
+		c.Replace(c.Fence(h, 0), key, "first", 5, time.Minute, false)
+		c.Replace(c.Fence(h, 0), key, "second", 6, time.Minute, true)
+		if v, ok := get(c, key); !ok || v != "second" {
+			t.Fatalf("%s: Get = %q, %v after two Replaces; want second", key, v, ok)
+		}
+	}
+}
+
+func TestFlushNode(t *testing.T) {
+	c := newCache(t)
+	store(t, c, c.Fence(c.Hash("a"), 1), "a", "on node 1")
+	store(t, c, c.Fence(c.Hash("b"), 2), "b", "on node 2")
+	f := c.Fence(c.Hash("c"), 1) // a fill from node 1 in flight
+	c.FlushNode(1)
+	if _, ok := get(c, "a"); ok {
+		t.Error("entry of a flushed node is served")
+	}
+	if _, ok := get(c, "b"); !ok {
+		t.Error("entry of another node was flushed")
+	}
+	if c.Store(f, "c", "x", false, 1, time.Minute) {
+		t.Error("a fill from a flushed node was stored")
+	}
+	c.FlushAll()
+	if _, ok := get(c, "b"); ok {
+		t.Error("FlushAll left an entry")
+	}
+}
+
+func TestNegativeEntry(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("gone")
+	c.Store(c.Fence(h, 0), "gone", "", true, 0, time.Minute)
+	c.Wait()
+	if _, absent, ok := c.Get(h, "gone"); !ok || !absent {
+		t.Fatalf("Get = absent %v, ok %v; want a negative hit", absent, ok)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, err := New[string](Config{MaxCost: 1 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		h := c.Hash("k")
+		if c.Store(c.Fence(h, 0), "short", "v", false, 1, Tick) {
+			t.Fatal("stored an entry whose TTL is within one clock tick")
+		}
+		c.Store(c.Fence(h, 0), "k", "v", false, 1, 50*time.Millisecond)
+		c.Wait()
+		time.Sleep(40 * time.Millisecond) // fake time: the bubble's clock
+		if _, ok := get(c, "k"); !ok {
+			t.Fatal("entry expired before its TTL")
+		}
+		time.Sleep(20 * time.Millisecond)
+		if _, ok := get(c, "k"); ok {
+			t.Fatal("entry served after its TTL")
+		}
+	})
+}
+
+func TestGetAllocatesNothing(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	store(t, c, c.Fence(h, 0), "k", "v")
+	if n := testing.AllocsPerRun(1000, func() { c.Get(h, "k") }); n != 0 {
+		t.Fatalf("Get allocates %v times", n)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	if _, err := New[string](Config{}); err == nil {
+		t.Fatal("New accepted MaxCost 0")
+	}
+}

@@ -1,0 +1,118 @@
+package remote_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/remote"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func client(t *testing.T, addr string) *redis.Client {
+	cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func TestNewRejectsUnboundedClient(t *testing.T) {
+	cl := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer cl.Close()
+	_, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Timeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "ContextTimeoutEnabled") {
+		t.Fatalf("New = %v, want an error naming ContextTimeoutEnabled", err)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Namespace: "ns", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) {
+		t.Fatalf("Get of a missing key = %v, want ErrMiss", err)
+	}
+	if err := r.Fill(ctx, 0, "k", []byte("first"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Fill(ctx, 0, "k", []byte("second"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := r.Get(ctx, 0, "k"); err != nil || string(b) != "first" {
+		t.Fatalf("Get after two Fills = %q, %v; a Fill must not overwrite", b, err)
+	}
+	if err := r.Set(ctx, 0, "k", []byte("set"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// The stored key is namespaced and hash-tagged, and carries the TTL.
+	if v, err := srv.Do(ctx, "GET", "ns:{k}"); err != nil || v != "set" {
+		t.Fatalf("GET ns:{k} = %v, %v", v, err)
+	}
+	if ttl, err := srv.Do(ctx, "PTTL", "ns:{k}"); err != nil || ttl.(int64) <= 0 {
+		t.Fatalf("PTTL = %v, %v; want a TTL", ttl, err)
+	}
+	items := []remote.Item{{Key: "k"}, {Key: "absent"}}
+	r.GetMany(ctx, items)
+	if string(items[0].Val) != "set" || items[0].Err != nil || !errors.Is(items[1].Err, remote.ErrMiss) {
+		t.Fatalf("GetMany = %+v", items)
+	}
+	if err := r.Del(ctx, []remote.Item{{Key: "k"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) {
+		t.Fatalf("Get after Del = %v, want ErrMiss", err)
+	}
+}
+
+// A hung node (SIGSTOP: the socket stays open, nothing answers) costs a call its
+// per-call timeout, not go-redis's 3 s read timeout times its retries.
+func TestHungNodeBoundedByTimeout(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	const timeout = 200 * time.Millisecond
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := r.Set(ctx, 0, "k", []byte("v"), time.Minute); err != nil { // warm a connection
+		t.Fatal(err)
+	}
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Resume()
+	for _, op := range []struct {
+		name string
+		call func() error
+	}{
+		{"Get", func() error { _, err := r.Get(ctx, 0, "k"); return err }},
+		{"Set", func() error { return r.Set(ctx, 0, "k", []byte("v"), time.Minute) }},
+		{"GetMany", func() error {
+			items := []remote.Item{{Key: "k"}}
+			r.GetMany(ctx, items)
+			return items[0].Err
+		}},
+		{"Del", func() error { return r.Del(ctx, []remote.Item{{Key: "k"}}) }},
+	} {
+		start := time.Now()
+		err := op.call()
+		took := time.Since(start)
+		if err == nil || errors.Is(err, remote.ErrMiss) {
+			t.Fatalf("%s on a hung node = %v, want a timeout error", op.name, err)
+		}
+		// go-redis's own bound would be ReadTimeout (3 s) per attempt, 4 attempts.
+		if took > 2*time.Second {
+			t.Fatalf("%s on a hung node took %v; the %v per-call timeout did not bound it", op.name, took, timeout)
+		}
+		t.Logf("%s on a hung node: %v after %v", op.name, err, took)
+	}
+}
