@@ -7,11 +7,15 @@ package tiered
 //	BenchmarkGetRemoteHit  vs BenchmarkRedisGet          (raw go-redis GET of the same bytes, same node)
 //	BenchmarkGetMany100    vs BenchmarkGetSequential100  (100 shared-tier hits over 3 nodes)
 //
+// BenchmarkRedisMGet100 and BenchmarkRedisGetSequential100 do the same 100 reads with
+// raw go-redis (three MGETs in parallel; 100 GETs): the ratio the machine allows.
+//
 // go test -run '^$' -bench . -benchmem -count 6 | benchstat -
 
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -196,6 +200,59 @@ func BenchmarkGetSequential100(b *testing.B) {
 		invalidateAll(c, keys)
 		for _, k := range keys {
 			if _, err := c.Get(ctx, k); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// rawManyFixture is three raw go-redis clients holding the same 100 keys.
+func rawManyFixture(b *testing.B) ([]*redis.Client, []string) {
+	var cls []*redis.Client
+	for _, s := range redistest.Start(b, 3) {
+		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), ContextTimeoutEnabled: true})
+		b.Cleanup(func() { cl.Close() })
+		cls = append(cls, cl)
+	}
+	keys := benchKeyNames()[:100]
+	for i, k := range keys {
+		if err := cls[i%3].Set(context.Background(), k, benchValue, 0).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return cls, keys
+}
+
+func BenchmarkRedisMGet100(b *testing.B) {
+	cls, keys := rawManyFixture(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		var wg sync.WaitGroup
+		for n, cl := range cls {
+			wg.Go(func() {
+				var ks []string
+				for i := n; i < len(keys); i += len(cls) {
+					ks = append(ks, keys[i])
+				}
+				if err := cl.MGet(ctx, ks...).Err(); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+}
+
+func BenchmarkRedisGetSequential100(b *testing.B) {
+	cls, keys := rawManyFixture(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		for i, k := range keys {
+			if err := cls[i%len(cls)].Get(ctx, k).Err(); err != nil {
 				b.Fatal(err)
 			}
 		}

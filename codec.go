@@ -8,7 +8,8 @@ import (
 
 // Codec turns values into the bytes stored in the shared tier and back.
 //
-// Name identifies the encoding: it is recorded (as a 32-bit tag) in every value's
+// Unmarshal owns b: the cache never reuses it, so a codec may keep slices of it in
+// the value. Name identifies the encoding: it is recorded (as a 32-bit tag) in every value's
 // envelope, and bytes written with another codec are treated as undecodable rather
 // than misread. Change Name whenever the encoding changes incompatibly. Implementations
 // must be safe for concurrent use.
@@ -54,7 +55,7 @@ func (rawCodec[V]) Marshal(v V) ([]byte, error) {
 func (rawCodec[V]) Unmarshal(b []byte, v *V) error {
 	switch p := any(v).(type) {
 	case *[]byte:
-		*p = append([]byte(nil), b...)
+		*p = b // b is ours (see Codec): no copy
 	case *string:
 		*p = string(b)
 	default:

@@ -35,10 +35,6 @@ func TestCodecsRoundTrip(t *testing.T) {
 	if err := raw.Unmarshal(b, &bs); err != nil || string(bs) != "abc" {
 		t.Fatalf("raw []byte round trip = %q, %v", bs, err)
 	}
-	b[0] = 'x' // the decoded slice does not alias the input
-	if string(bs) != "abc" {
-		t.Fatal("raw Unmarshal aliases its input")
-	}
 	rs := defaultCodec[string]()
 	b, _ = rs.Marshal("héllo")
 	var s string
