@@ -77,6 +77,12 @@ type Options[V any] struct {
 	// falls through to the Loader.
 	Timeout time.Duration
 
+	// HealthCheck is how long a node's invalidation subscription may stay silent
+	// before it is pinged. Default 250 ms. A link that fails without closing (a
+	// partition, a hung node) is noticed within HealthCheck + Timeout; from then on
+	// the node's keys bypass the near-cache until a new subscription is confirmed.
+	HealthCheck time.Duration
+
 	// LoadTimeout bounds a shared load: the Loader call and the fills after it.
 	// Default 10 seconds.
 	LoadTimeout time.Duration
@@ -122,6 +128,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	setDefault(&o.LocalMaxCost, 64<<20)
 	setDefault(&o.Timeout, 100*time.Millisecond)
 	setDefault(&o.LoadTimeout, 10*time.Second)
+	setDefault(&o.HealthCheck, 250*time.Millisecond)
 	setDefault(&o.LoadConcurrency, 16)
 	setDefault(&o.MaxKeySize, 1024)
 	setDefault(&o.MaxValueSize, 1<<20)
@@ -138,7 +145,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	switch {
 	case strings.ContainsAny(o.Namespace, "{}"):
 		return o, fmt.Errorf("tiered: Namespace %q must not contain '{' or '}'", o.Namespace)
-	case o.TTL < 0, o.LocalTTL < 0, o.NegativeTTL < 0, o.Timeout < 0, o.LoadTimeout < 0:
+	case o.TTL < 0, o.LocalTTL < 0, o.NegativeTTL < 0, o.Timeout < 0, o.LoadTimeout < 0, o.HealthCheck < 0:
 		return o, errors.New("tiered: TTLs and timeouts must not be negative")
 	case o.Jitter >= 1:
 		return o, fmt.Errorf("tiered: Jitter %v must be below 1", o.Jitter)

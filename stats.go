@@ -1,6 +1,9 @@
 package tiered
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Stats are the cache's counters since New. Every field only grows.
 type Stats struct {
@@ -14,6 +17,17 @@ type Stats struct {
 	LoadErrors   uint64 // Loader failures other than ErrNotFound (including panics); never cached
 	NotFound     uint64 // loads that found the key absent at the source (negative-cached)
 	Oversize     uint64 // loaded values over MaxValueSize: returned, not cached
+
+	// Coherence (see the package documentation).
+	InvalidationsSent     uint64        // writes (Set, Delete per node) whose invalidation was published
+	InvalidationsReceived uint64        // messages from other processes applied to the near-cache
+	KeysInvalidated       uint64        // keys those messages evicted
+	SubscriptionsLost     uint64        // times a node's subscription was lost: its keys bypassed the near-cache until FlushesResubscribe
+	FlushesResubscribe    uint64        // node flushes on a (re)subscription, including the first
+	FlushesGap            uint64        // node flushes on a gap in a node's sequence (a lost message)
+	FlushesEpoch          uint64        // node flushes on a new node epoch (restart or failover)
+	DeliveryLagMax        time.Duration // longest writer-to-eviction delay seen (writer's clock to ours)
+	DeliveryLagMean       time.Duration // mean of the same
 }
 
 // hitStripes spreads the near-hit counter over padded cache lines, so that hits on
@@ -30,6 +44,10 @@ type counters struct {
 	localMisses, remoteHits, remoteMisses         atomic.Uint64
 	remoteErrors, decodeErrors, loads, loadErrors atomic.Uint64
 	notFound, oversize                            atomic.Uint64
+
+	invalidationsSent, invalidationsReceived, keysInvalidated atomic.Uint64
+	nodeDowns, flushesResubscribe, flushesGap, flushesEpoch   atomic.Uint64
+	lagSumUs, lagMaxUs                                        atomic.Int64
 }
 
 func (s *counters) localHit(h uint64) { s.localHits[h%hitStripes].n.Add(1) }
@@ -39,7 +57,7 @@ func (s *counters) snapshot() Stats {
 	for i := range s.localHits {
 		hits += s.localHits[i].n.Load()
 	}
-	return Stats{
+	st := Stats{
 		LocalHits:    hits,
 		LocalMisses:  s.localMisses.Load(),
 		RemoteHits:   s.remoteHits.Load(),
@@ -50,5 +68,18 @@ func (s *counters) snapshot() Stats {
 		LoadErrors:   s.loadErrors.Load(),
 		NotFound:     s.notFound.Load(),
 		Oversize:     s.oversize.Load(),
+
+		InvalidationsSent:     s.invalidationsSent.Load(),
+		InvalidationsReceived: s.invalidationsReceived.Load(),
+		KeysInvalidated:       s.keysInvalidated.Load(),
+		SubscriptionsLost:     s.nodeDowns.Load(),
+		FlushesResubscribe:    s.flushesResubscribe.Load(),
+		FlushesGap:            s.flushesGap.Load(),
+		FlushesEpoch:          s.flushesEpoch.Load(),
+		DeliveryLagMax:        time.Duration(s.lagMaxUs.Load()) * time.Microsecond,
 	}
+	if n := st.InvalidationsReceived; n > 0 {
+		st.DeliveryLagMean = time.Duration(s.lagSumUs.Load()/int64(n)) * time.Microsecond
+	}
+	return st
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tieredcache/tiered/internal/envelope"
+	"github.com/tieredcache/tiered/invalidation"
 	"github.com/tieredcache/tiered/local"
 	"github.com/tieredcache/tiered/remote"
 	"github.com/tieredcache/tiered/ring"
@@ -32,6 +33,8 @@ type Cache[V any] struct {
 	loads  singleflight.Group // loads in flight, by flightKey
 	stats  counters
 	owned  []io.Closer // clients created from Options.Addrs
+	origin string      // this Cache's id in invalidation messages
+	subs   []*invalidation.Subscriber
 
 	closed  atomic.Bool
 	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait
@@ -48,10 +51,11 @@ type sharedTier interface {
 	Owner(key string) int
 	Get(ctx context.Context, node int, key string) ([]byte, error)
 	Fill(ctx context.Context, node int, key string, b []byte, ttl time.Duration) error
-	Set(ctx context.Context, node int, key string, b []byte, ttl time.Duration) error
+	Repair(ctx context.Context, node int, key string, b []byte, ttl time.Duration) error
+	Set(ctx context.Context, node int, key string, b []byte, ttl time.Duration, payload []byte) error
 	GetMany(ctx context.Context, items []remote.Item)
 	FillMany(ctx context.Context, items []remote.Item, ttl func(i int) time.Duration)
-	Del(ctx context.Context, items []remote.Item) error
+	Del(ctx context.Context, items []remote.Item, payload func(keys []string) []byte) error
 }
 
 var _ sharedTier = (*remote.Redis)(nil)
@@ -63,15 +67,18 @@ func (noShared) Owner(string) int { return 0 }
 func (noShared) Get(context.Context, int, string) ([]byte, error) {
 	return nil, remote.ErrMiss
 }
-func (noShared) Fill(context.Context, int, string, []byte, time.Duration) error { return nil }
-func (noShared) Set(context.Context, int, string, []byte, time.Duration) error  { return nil }
+func (noShared) Fill(context.Context, int, string, []byte, time.Duration) error   { return nil }
+func (noShared) Repair(context.Context, int, string, []byte, time.Duration) error { return nil }
+func (noShared) Set(context.Context, int, string, []byte, time.Duration, []byte) error {
+	return nil
+}
 func (noShared) GetMany(_ context.Context, items []remote.Item) {
 	for i := range items {
 		items[i].Err = remote.ErrMiss
 	}
 }
 func (noShared) FillMany(context.Context, []remote.Item, func(int) time.Duration) {}
-func (noShared) Del(context.Context, []remote.Item) error                         { return nil }
+func (noShared) Del(context.Context, []remote.Item, func([]string) []byte) error  { return nil }
 
 // New returns a Cache configured by opts. It validates opts but does not contact
 // Redis: a node that is down at start is handled like one that fails later.
@@ -80,7 +87,7 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name())}
+	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36)}
 	c.shared, err = c.newShared()
 	if err != nil {
 		c.closeOwned()
@@ -92,7 +99,33 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 		return nil, err
 	}
 	c.closing, c.cancel = context.WithCancel(context.Background())
+	if r, ok := c.shared.(*remote.Redis); ok {
+		c.subscribe(r)
+	}
 	return c, nil
+}
+
+// subscribe starts one invalidation subscriber per node. Each node is down (its keys
+// bypass the near-cache) until its subscription is confirmed; New waits up to
+// Options.Timeout for that, so that a Cache is usually fully warm-able on return.
+func (c *Cache[V]) subscribe(r *remote.Redis) {
+	h := busHandler[V]{c}
+	for i := range r.Nodes() {
+		c.local.MarkDown(i)
+		c.subs = append(c.subs, invalidation.Start(invalidation.Config{
+			Node: i, Client: r.Client(i), Channel: r.Channel(), Origin: c.origin, Handler: h,
+			Health: c.opts.HealthCheck, Timeout: c.opts.Timeout, Logger: c.opts.Logger,
+		}))
+	}
+	deadline := time.NewTimer(c.opts.Timeout)
+	defer deadline.Stop()
+	for _, s := range c.subs {
+		select {
+		case <-s.Ready():
+		case <-deadline.C:
+			return
+		}
+	}
 }
 
 func (c *Cache[V]) newShared() (sharedTier, error) {
@@ -318,7 +351,7 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 		// except over bytes that do not decode.
 		write := c.shared.Fill
 		if sr.corrupt {
-			write = c.shared.Set
+			write = c.shared.Repair
 		}
 		if err := write(ctx, node, key, frame, ttl); err != nil {
 			c.stats.remoteErrors.Add(1)
@@ -418,12 +451,16 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	h := c.local.Hash(key)
 	node := c.shared.Owner(key)
 	f := c.local.Fence(h, node) // before the write: see local.Cache.Replace
-	if err := c.shared.Set(ctx, node, key, frame, ttl); err != nil {
+	msg := invalidation.AppendPayload(nil, c.origin, time.Now().UnixMicro(), []string{key})
+	if err := c.shared.Set(ctx, node, key, frame, ttl, msg); err != nil {
 		c.local.Invalidate(h)
 		return fmt.Errorf("tiered: set %q: %w", key, err)
 	}
 	_, localOnly := c.shared.(noShared)
 	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), localOnly)
+	if !localOnly {
+		c.stats.invalidationsSent.Add(1)
+	}
 	return nil
 }
 
@@ -446,7 +483,10 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	for i, k := range keys {
 		items[i] = remote.Item{Key: k, Node: c.shared.Owner(k)}
 	}
-	err := c.shared.Del(ctx, items)
+	sent := time.Now().UnixMicro()
+	err := c.shared.Del(ctx, items, func(keys []string) []byte {
+		return invalidation.AppendPayload(nil, c.origin, sent, keys)
+	})
 	// Invalidate after the shared tier's delete, so that a fill that read the old
 	// value before it cannot store it (its fence predates this bump).
 	for _, k := range keys {
@@ -454,6 +494,9 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("tiered: delete: %w", err)
+	}
+	if _, localOnly := c.shared.(noShared); !localOnly {
+		c.stats.invalidationsSent.Add(1)
 	}
 	return nil
 }
@@ -639,6 +682,9 @@ func (c *Cache[V]) Close() error {
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
+	for _, s := range c.subs {
+		s.Stop()
+	}
 	c.local.Close()
 	err := c.closeOwned()
 	c.closeFn = func() error { return err }

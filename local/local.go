@@ -14,8 +14,11 @@
 //     generation and reads as a miss. A bump on another key of the same stripe only
 //     costs a miss, never a stale read.
 //  2. Node generation. Each entry records the shared-tier node that owns its key and
-//     that node's generation. FlushNode (a lost subscription, a restarted node) is one
-//     atomic increment that retires all of the node's entries without iterating.
+//     that node's generation. FlushNode (a sequence gap, a restarted node) is one
+//     atomic increment that retires all of the node's entries without iterating. An
+//     odd generation marks the node down (MarkDown: its invalidations cannot reach us):
+//     nothing of it is served, since the increment retired its entries, and nothing of
+//     it is stored until MarkUp.
 //  3. Expiry, against a coarse clock (an atomic the Cache's own goroutine advances every
 //     Tick), so a hit makes no clock call.
 //
@@ -168,9 +171,10 @@ func (c *Cache[V]) Fence(h uint64, node int) Fence {
 	return Fence{h: h, gen: c.stripes[h%stripes].Load(), node: n, nodeGen: c.nodes[n].Load()}
 }
 
-// Valid reports whether nothing has invalidated f's key or node since f was taken.
+// Valid reports whether nothing has invalidated f's key or node since f was taken,
+// and f's node was up when it was.
 func (c *Cache[V]) Valid(f Fence) bool {
-	return c.stripes[f.h%stripes].Load() == f.gen && c.nodes[f.node].Load() == f.nodeGen
+	return f.nodeGen%2 == 0 && c.stripes[f.h%stripes].Load() == f.gen && c.nodes[f.node].Load() == f.nodeGen
 }
 
 // Store stores v (or, with absent, a negative entry) for key for at most ttl, fenced
@@ -206,7 +210,7 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration, wait bool) bool {
 	g := c.stripes[f.h%stripes].Add(1)
 	ttl -= Tick
-	if ttl <= 0 || g != f.gen+1 || c.nodes[f.node].Load() != f.nodeGen {
+	if ttl <= 0 || g != f.gen+1 || f.nodeGen%2 != 0 || c.nodes[f.node].Load() != f.nodeGen {
 		return false
 	}
 	if !wait {
@@ -239,12 +243,37 @@ func (c *Cache[V]) Invalidate(h uint64) {
 }
 
 // FlushNode makes every entry owned by node unservable, in O(1).
-func (c *Cache[V]) FlushNode(node int) { c.nodes[uint32(node)%MaxNodes].Add(1) }
+func (c *Cache[V]) FlushNode(node int) { c.nodes[uint32(node)%MaxNodes].Add(2) }
+
+// MarkDown flushes node and keeps its keys out of the near-cache until MarkUp.
+func (c *Cache[V]) MarkDown(node int) { c.flip(node, 1) }
+
+// MarkUp flushes node (what was stored before MarkDown may have missed
+// invalidations) and lets its keys into the near-cache again.
+func (c *Cache[V]) MarkUp(node int) { c.flip(node, 0) }
+
+// Up reports whether node is up.
+func (c *Cache[V]) Up(node int) bool { return c.nodes[uint32(node)%MaxNodes].Load()%2 == 0 }
+
+// flip moves node's generation to the next value of the given parity.
+func (c *Cache[V]) flip(node int, parity uint32) {
+	g := &c.nodes[uint32(node)%MaxNodes]
+	for {
+		old := g.Load()
+		next := old + 1
+		if next%2 != parity {
+			next++
+		}
+		if g.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
 
 // FlushAll makes every entry unservable and frees their memory.
 func (c *Cache[V]) FlushAll() {
 	for i := range c.nodes {
-		c.nodes[i].Add(1)
+		c.nodes[i].Add(2)
 	}
 	c.rc.Clear()
 }

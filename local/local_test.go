@@ -183,3 +183,34 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatal("New accepted MaxCost 0")
 	}
 }
+
+func TestMarkDownUp(t *testing.T) {
+	c := newCache(t)
+	store(t, c, c.Fence(c.Hash("a"), 3), "a", "before")
+	c.MarkDown(3)
+	if c.Up(3) {
+		t.Fatal("Up after MarkDown")
+	}
+	if _, ok := get(c, "a"); ok {
+		t.Fatal("entry of a node marked down is served")
+	}
+	f := c.Fence(c.Hash("b"), 3)
+	if c.Store(f, "b", "while down", false, 1, time.Minute) {
+		t.Fatal("stored an entry of a node marked down")
+	}
+	if c.Replace(f, "b", "while down", 1, time.Minute, true) {
+		t.Fatal("Replace stored an entry of a node marked down")
+	}
+	c.MarkDown(3) // idempotent
+	c.MarkUp(3)
+	if !c.Up(3) {
+		t.Fatal("not Up after MarkUp")
+	}
+	if _, ok := get(c, "a"); ok {
+		t.Fatal("entry from before MarkDown is served after MarkUp")
+	}
+	store(t, c, c.Fence(c.Hash("b"), 3), "b", "after")
+	if v, ok := get(c, "b"); !ok || v != "after" {
+		t.Fatalf("Get = %q, %v after MarkUp", v, ok)
+	}
+}

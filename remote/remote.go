@@ -16,6 +16,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -48,10 +50,13 @@ type Config struct {
 
 // Redis is the shared tier over Redis. It is safe for concurrent use.
 type Redis struct {
-	nodes   []node
-	pick    Picker
-	prefix  string
-	timeout time.Duration
+	nodes    []node
+	pick     Picker
+	prefix   string
+	timeout  time.Duration
+	channel  string // invalidation channel
+	seqKey   string // per-node invalidation sequence
+	epochKey string // per-node epoch
 }
 
 type node struct {
@@ -74,7 +79,12 @@ func New(cfg Config) (*Redis, error) {
 	if cfg.Timeout <= 0 {
 		return nil, errors.New("remote: Timeout must be positive")
 	}
-	r := &Redis{pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout}
+	r := &Redis{
+		pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout,
+		channel:  cfg.Namespace + ":invalidate",
+		seqKey:   cfg.Namespace + ":invalidate:seq",
+		epochKey: cfg.Namespace + ":invalidate:epoch",
+	}
 	for _, n := range cfg.Nodes {
 		if n.Client == nil {
 			return nil, fmt.Errorf("remote: node %q has a nil client", n.Name)
@@ -154,15 +164,46 @@ func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 }
 
 // Fill stores b for key on node idx for ttl unless a value is already there (SET NX):
-// a loader's result never overwrites a concurrent writer's.
+// a loader's result never overwrites a concurrent writer's. It publishes nothing: a
+// fill changes no value another process may hold.
 func (r *Redis) Fill(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
 	return r.set(ctx, idx, key, b, ttl, true)
 }
 
-// Set stores b for key on node idx for ttl.
-func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
+// Repair overwrites undecodable bytes stored for key with b, publishing nothing.
+func (r *Redis) Repair(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
 	return r.set(ctx, idx, key, b, ttl, false)
 }
+
+// Set stores b for key on node idx for ttl and publishes payload on the node's
+// invalidation channel, atomically (see scripts.go). An error means the write may or
+// may not have happened, and its message may or may not have been published.
+func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, payload []byte) error {
+	n, err := r.node(idx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	ms := max(ttl.Milliseconds(), 1)
+	if n.cluster {
+		err = clusterSetScript.Run(ctx, n.c, []string{r.Key(key)}, r.channel, payload, b, ms).Err()
+	} else {
+		err = setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key)}, r.channel, newEpoch(), payload, b, ms).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
+	}
+	return nil
+}
+
+// Channel returns the invalidation channel every node publishes on.
+func (r *Redis) Channel() string { return r.channel }
+
+// Client returns node idx's client.
+func (r *Redis) Client(idx int) redis.UniversalClient { return r.nodes[idx].c }
+
+func newEpoch() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 func (r *Redis) set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, nx bool) error {
 	n, err := r.node(idx)
@@ -290,24 +331,29 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 	wg.Wait()
 }
 
-// Del deletes keys, one pipeline per owning node, the nodes in parallel. It returns
-// an error naming every node the delete could not be confirmed on.
-func (r *Redis) Del(ctx context.Context, items []Item) error {
+// Del deletes keys and publishes their invalidation: one script per owning node (per
+// key on a Cluster), the nodes in parallel. payload builds the message for the keys
+// of one node. It returns an error naming every node where the delete could not be
+// confirmed.
+func (r *Redis) Del(ctx context.Context, items []Item, payload func(keys []string) []byte) error {
 	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
-		if !n.cluster {
-			keys := make([]string, len(batch))
-			for i, it := range batch {
-				keys[i] = r.Key(it.Key)
-			}
-			return n.c.Del(ctx, keys...).Err()
-		}
-		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if n.cluster {
 			for _, it := range batch {
-				p.Del(ctx, r.Key(it.Key))
+				p := payload([]string{it.Key})
+				if err := clusterDelScript.Run(ctx, n.c, []string{r.Key(it.Key)}, r.channel, p).Err(); err != nil {
+					return err
+				}
 			}
 			return nil
-		})
-		return err
+		}
+		keys := make([]string, 0, len(batch))
+		rkeys := make([]string, 0, len(batch)+2)
+		rkeys = append(rkeys, r.seqKey, r.epochKey)
+		for _, it := range batch {
+			keys = append(keys, it.Key)
+			rkeys = append(rkeys, r.Key(it.Key))
+		}
+		return delScript.Run(ctx, n.c, rkeys, r.channel, newEpoch(), payload(keys)).Err()
 	})
 	var errs []error
 	seen := make(map[error]bool)

@@ -3,6 +3,7 @@ package remote_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,8 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func payload(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
 
 func client(t *testing.T, addr string) *redis.Client {
 	cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
@@ -50,7 +53,7 @@ func TestRoundTrip(t *testing.T) {
 	if b, err := r.Get(ctx, 0, "k"); err != nil || string(b) != "first" {
 		t.Fatalf("Get after two Fills = %q, %v; a Fill must not overwrite", b, err)
 	}
-	if err := r.Set(ctx, 0, "k", []byte("set"), time.Minute); err != nil {
+	if err := r.Set(ctx, 0, "k", []byte("set"), time.Minute, []byte("payload")); err != nil {
 		t.Fatal(err)
 	}
 	// The stored key is namespaced and hash-tagged, and carries the TTL.
@@ -65,7 +68,7 @@ func TestRoundTrip(t *testing.T) {
 	if string(items[0].Val) != "set" || items[0].Err != nil || !errors.Is(items[1].Err, remote.ErrMiss) {
 		t.Fatalf("GetMany = %+v", items)
 	}
-	if err := r.Del(ctx, []remote.Item{{Key: "k"}}); err != nil {
+	if err := r.Del(ctx, []remote.Item{{Key: "k"}}, payload); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) {
@@ -83,7 +86,7 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := r.Set(ctx, 0, "k", []byte("v"), time.Minute); err != nil { // warm a connection
+	if err := r.Set(ctx, 0, "k", []byte("v"), time.Minute, []byte("p")); err != nil { // warm a connection
 		t.Fatal(err)
 	}
 	if err := srv.Pause(); err != nil {
@@ -95,13 +98,13 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 		call func() error
 	}{
 		{"Get", func() error { _, err := r.Get(ctx, 0, "k"); return err }},
-		{"Set", func() error { return r.Set(ctx, 0, "k", []byte("v"), time.Minute) }},
+		{"Set", func() error { return r.Set(ctx, 0, "k", []byte("v"), time.Minute, []byte("p")) }},
 		{"GetMany", func() error {
 			items := []remote.Item{{Key: "k"}}
 			r.GetMany(ctx, items)
 			return items[0].Err
 		}},
-		{"Del", func() error { return r.Del(ctx, []remote.Item{{Key: "k"}}) }},
+		{"Del", func() error { return r.Del(ctx, []remote.Item{{Key: "k"}}, payload) }},
 	} {
 		start := time.Now()
 		err := op.call()
@@ -114,5 +117,53 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 			t.Fatalf("%s on a hung node took %v; the %v per-call timeout did not bound it", op.name, took, timeout)
 		}
 		t.Logf("%s on a hung node: %v after %v", op.name, err, took)
+	}
+}
+
+// Every write publishes "<epoch>|<seq>|<payload>" on the node's channel, with the
+// sequence counting writes; a restart that loses the node's data starts a new epoch.
+func TestWritesPublishInOrder(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	cl := client(t, srv.Addr())
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ps := cl.Subscribe(ctx, r.Channel())
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	if err := r.Set(ctx, 0, "a", []byte("1"), time.Minute, []byte("set-a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Del(ctx, []remote.Item{{Key: "a"}, {Key: "b"}}, payload); err != nil {
+		t.Fatal(err)
+	}
+	var epoch string
+	for i, want := range []string{"set-a", "a,b"} {
+		m, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := strings.SplitN(m.Payload, "|", 3)
+		if len(parts) != 3 || parts[1] != fmt.Sprint(i+1) || parts[2] != want || (epoch != "" && parts[0] != epoch) {
+			t.Fatalf("message %d = %q, want <epoch>|%d|%s", i, m.Payload, i+1, want)
+		}
+		epoch = parts[0]
+	}
+	if _, err := srv.Do(ctx, "FLUSHALL"); err != nil { // a node that lost its data
+		t.Fatal(err)
+	}
+	if err := r.Set(ctx, 0, "a", []byte("2"), time.Minute, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ps.ReceiveMessage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if parts := strings.SplitN(m.Payload, "|", 3); parts[0] == epoch || parts[1] != "1" {
+		t.Fatalf("after data loss: %q, want a new epoch and sequence 1", m.Payload)
 	}
 }

@@ -1,0 +1,57 @@
+package tiered
+
+import (
+	"time"
+
+	"github.com/tieredcache/tiered/invalidation"
+)
+
+// busHandler applies what the invalidation subscribers learn to the near-cache.
+// Its methods run on the subscribers' goroutines and never block.
+type busHandler[V any] struct{ c *Cache[V] }
+
+var _ invalidation.Handler = busHandler[int]{}
+
+// Invalidate evicts keys another process wrote. The eviction is a generation bump,
+// so it also fences any fill of those keys in flight here (a fill that read the old
+// value before the write and would store it after this message).
+func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
+	c := h.c
+	for _, k := range m.Keys {
+		c.local.Invalidate(c.local.Hash(k))
+	}
+	c.stats.invalidationsReceived.Add(1)
+	c.stats.keysInvalidated.Add(uint64(len(m.Keys)))
+	if m.SentUs > 0 {
+		lag := time.Now().UnixMicro() - m.SentUs
+		c.stats.lagSumUs.Add(max(lag, 0))
+		for {
+			old := c.stats.lagMaxUs.Load()
+			if lag <= old || c.stats.lagMaxUs.CompareAndSwap(old, lag) {
+				break
+			}
+		}
+	}
+}
+
+func (h busHandler[V]) Down(node int) {
+	if h.c.local.Up(node) {
+		h.c.stats.nodeDowns.Add(1)
+	}
+	h.c.local.MarkDown(node)
+}
+
+func (h busHandler[V]) Up(node int) {
+	h.c.stats.flushesResubscribe.Add(1)
+	h.c.local.MarkUp(node)
+}
+
+func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
+	switch cause {
+	case invalidation.CauseEpoch:
+		h.c.stats.flushesEpoch.Add(1)
+	default:
+		h.c.stats.flushesGap.Add(1)
+	}
+	h.c.local.FlushNode(node)
+}

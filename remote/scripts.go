@@ -1,0 +1,62 @@
+package remote
+
+import "github.com/redis/go-redis/v9"
+
+// Writes run as scripts so that the change to the key and its invalidation message
+// are one atomic step on the owner node: no reader can see the new state without
+// the message having been published, and the node's sequence numbers follow the
+// order of its writes exactly.
+//
+// Keys: KEYS[1] the node's sequence counter, KEYS[2] the node's epoch, then the
+// value keys. The epoch is a random id the first writer stores (ARGV[2]); a node that
+// restarts without its data loses both, so its next message carries a new epoch and
+// a sequence starting again at 1, which every subscriber treats as "flush".
+//
+// Message: "<epoch>|<seq>|<payload>" (see package invalidation).
+
+// setScript: ARGV = channel, epoch candidate, payload, value, ttl in ms.
+var setScript = redis.NewScript(`
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], epoch .. '|' .. seq .. '|' .. ARGV[3])
+return seq
+`)
+
+// delScript: ARGV = channel, epoch candidate, payload.
+var delScript = redis.NewScript(`
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[2], epoch)
+end
+for i = 3, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], epoch .. '|' .. seq .. '|' .. ARGV[3])
+return seq
+`)
+
+// On a Redis Cluster the keys of one script must share a slot, and there is no
+// node-wide counter a script on any slot could increment, so writes publish without
+// a sequence ("-|0|<payload>"): subscribers still evict, but cannot detect a lost
+// message by its number; a lost subscription is still detected and flushed.
+
+// clusterSetScript: KEYS[1] the value key; ARGV = channel, payload, value, ttl in ms.
+var clusterSetScript = redis.NewScript(`
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('PUBLISH', ARGV[1], '-|0|' .. ARGV[2])
+return 0
+`)
+
+// clusterDelScript: KEYS[1] the value key; ARGV = channel, payload.
+var clusterDelScript = redis.NewScript(`
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '-|0|' .. ARGV[2])
+return 0
+`)
