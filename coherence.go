@@ -20,6 +20,9 @@ func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
 	for _, k := range m.Keys {
 		c.local.Invalidate(c.local.Hash(k))
 	}
+	if c.afterInvalidate != nil {
+		c.afterInvalidate(m)
+	}
 	c.stats.invalidationsReceived.Add(1)
 	c.stats.keysInvalidated.Add(uint64(len(m.Keys)))
 	if m.SentUs > 0 {

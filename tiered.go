@@ -34,6 +34,12 @@ type Cache[V any] struct {
 	stats  counters
 	owned  []io.Closer // clients created from Options.Addrs
 	origin string      // this Cache's id in invalidation messages
+
+	// Test hooks, nil outside tests: called between a fill's read (of the shared
+	// tier, or of the Loader) and its store into the near-cache.
+	afterSharedRead, afterLoad func(key string)
+	// afterInvalidate is called when a message from another process was applied.
+	afterInvalidate func(m *invalidation.Message)
 	subs   []*invalidation.Subscriber
 
 	closed  atomic.Bool
@@ -296,6 +302,9 @@ func (c *Cache[V]) readShared(ctx context.Context, key string, node int, f local
 		v, absent, ttl, derr := c.decode(b)
 		if derr == nil {
 			c.stats.remoteHits.Add(1)
+			if c.afterSharedRead != nil {
+				c.afterSharedRead(key)
+			}
 			c.storeLocal(f, key, v, absent, int64(len(b)), ttl)
 			return shared[V]{flight: flight[V]{v: v, absent: absent}, hit: true}
 		}
@@ -341,6 +350,9 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 	default:
 		c.stats.loadErrors.Add(1)
 		return flight[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
+	}
+	if c.afterLoad != nil {
+		c.afterLoad(key)
 	}
 	frame, ttl, ok := c.frame(key, v, absent)
 	if !ok {
