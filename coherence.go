@@ -20,8 +20,8 @@ func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
 	for _, k := range m.Keys {
 		c.local.Invalidate(c.local.Hash(k))
 	}
-	if c.afterInvalidate != nil {
-		c.afterInvalidate(m)
+	if hook := c.afterInvalidate.Load(); hook != nil {
+		(*hook)(m)
 	}
 	c.stats.invalidationsReceived.Add(1)
 	c.stats.keysInvalidated.Add(uint64(len(m.Keys)))

@@ -38,9 +38,10 @@ type Cache[V any] struct {
 	// Test hooks, nil outside tests: called between a fill's read (of the shared
 	// tier, or of the Loader) and its store into the near-cache.
 	afterSharedRead, afterLoad func(key string)
-	// afterInvalidate is called when a message from another process was applied.
-	afterInvalidate func(m *invalidation.Message)
-	subs   []*invalidation.Subscriber
+	// afterInvalidate is called when a message from another process was applied
+	// (atomic: the subscriber goroutines read it while tests set it).
+	afterInvalidate atomic.Pointer[func(m *invalidation.Message)]
+	subs            []*invalidation.Subscriber
 
 	closed  atomic.Bool
 	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait

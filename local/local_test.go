@@ -156,13 +156,14 @@ func TestExpiry(t *testing.T) {
 		if c.Store(c.Fence(h, 0), "short", "v", false, 1, Tick) {
 			t.Fatal("stored an entry whose TTL is within one clock tick")
 		}
-		c.Store(c.Fence(h, 0), "k", "v", false, 1, 50*time.Millisecond)
+		// Stored for 100 ms less one Tick; the clock advances in Ticks.
+		c.Store(c.Fence(h, 0), "k", "v", false, 1, 100*time.Millisecond)
 		c.Wait()
-		time.Sleep(40 * time.Millisecond) // fake time: the bubble's clock
+		time.Sleep(50 * time.Millisecond) // fake time: the bubble's clock
 		if _, ok := get(c, "k"); !ok {
 			t.Fatal("entry expired before its TTL")
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(60 * time.Millisecond)
 		if _, ok := get(c, "k"); ok {
 			t.Fatal("entry served after its TTL")
 		}
