@@ -29,20 +29,52 @@
 // # Write path
 //
 // Set writes the owner node and then this process's near-cache; Delete deletes on
-// the owner nodes and evicts from this process's near-cache. A Get in this process
-// that starts after Set or Delete returns sees its effect (read-your-writes), even
+// the owner nodes and evicts from this process's near-cache; both publish an
+// invalidation (see Coherence). A Get in this process that starts after Set or
+// Delete returns sees its effect (read-your-writes), even
 // though ristretto applies its own Sets asynchronously and may drop or reorder them:
 // every near-cache entry is fenced by a generation that Set and Delete advance, so a
 // copy from before the write can never be served, nor stored by a fill that was in
 // flight during it.
 //
-// # Staleness
+// # Coherence
 //
-// A near-cache copy lives at most Options.LocalTTL (default 1 minute), and never
-// longer than the time its value had left in Redis when it was read (the expiry is
-// stored with the value). Other processes' near-caches learn of a Set or Delete
-// only when their copy expires; writes made to Redis or to the source of truth
-// without this package are bounded the same way, and Redis copies by Options.TTL.
+// Every Set and Delete runs one script on the key's owner node that writes (or
+// deletes) the key, increments the node's invalidation sequence and publishes a
+// message naming the keys, atomically; the writer updates or evicts its own
+// near-cache before returning. Every Cache subscribes to every node (package
+// invalidation). What is promised:
+//
+//   - Delivery. When a write returns nil, every other Cache whose subscription to the
+//     node is up evicts the key when the message arrives: about a pub/sub delivery
+//     time (TestC1InvalidationDelivery logs p50/p99; BenchmarkInvalidationLatency
+//     measures it beside a raw PUBLISH). A write whose script fails returns an error
+//     and evicts the writer's own copy: it never reports success for a write that may
+//     leave stale copies behind.
+//   - Fill fencing. A fill (shared-tier read, or Loader call) in flight when the
+//     message arrives does not store its result in the near-cache, although the data
+//     reply and the message travel on different connections in no particular order.
+//   - Lost messages. Pub/sub is at-most-once. A lost or silent subscription (noticed
+//     at once when the connection fails, within Options.HealthCheck + Options.Timeout
+//     when the link goes quiet: 350 ms by default), a gap in a node's sequence numbers
+//     and a new node epoch (a restart that lost its data) all flush that node's
+//     near-cache entries, in O(1), before they can be served again; while a node's
+//     subscription is down its keys bypass the near-cache.
+//   - Bounded staleness. In every case a near-cache copy lives at most
+//     Options.LocalTTL (default 1 minute), and never longer than the time its value
+//     had left in Redis when it was read (the expiry travels with the value).
+//
+// So a read that starts after a write was acknowledged returns the old value only
+// while the message is in flight, or, if the subscription failed silently, for at
+// most HealthCheck + Timeout.
+//
+// Out of scope, bounded by TTLs only: writes to Redis or to the source of truth that
+// bypass this package (a Loader reading a source updated behind the cache's back
+// serves the old value until the copies expire), and a Loader result read before a
+// concurrent Delete that is written to Redis after it (a fill never overwrites a Set,
+// since it writes with SET NX, but it can refill a key a Delete has just removed). On
+// a Redis Cluster (Options.Client) writes publish without sequence numbers, so a lost
+// message is detected only through a lost subscription.
 //
 // # Encoding
 //

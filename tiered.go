@@ -440,8 +440,8 @@ func (c *Cache[V]) jitter(d time.Duration) time.Duration {
 }
 
 // Set stores v under key in the shared tier (on the key's owner node) and in this
-// process's near-cache. Other processes' near-caches keep their copies until their
-// local TTL ends. It returns ErrValueTooLarge, ErrInvalidKey, ErrClosed, or the
+// process's near-cache, and publishes an invalidation that evicts the key from every
+// other process's near-cache (see Coherence in the package documentation). It returns ErrValueTooLarge, ErrInvalidKey, ErrClosed, or the
 // shared tier's error; after an error the key is evicted from the near-cache, since
 // the shared tier may or may not hold v.
 func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
@@ -477,9 +477,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	return nil
 }
 
-// Delete removes keys from the shared tier (one round trip per owner node, the nodes
-// in parallel) and from this process's near-cache. Other processes' near-caches keep
-// their copies until their local TTL ends. All keys are checked before anything is
+// Delete removes keys from the shared tier (one script per owner node, the nodes in
+// parallel) and from this process's near-cache, and publishes their invalidation to
+// every other process. All keys are checked before anything is
 // deleted. It returns an error naming the nodes where the delete could not be
 // confirmed; the near-cache is cleared of every key either way.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
