@@ -187,9 +187,9 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 	defer cancel()
 	ms := max(ttl.Milliseconds(), 1)
 	if n.cluster {
-		err = clusterSetScript.Run(ctx, n.c, []string{r.Key(key)}, r.channel, payload, b, ms).Err()
+		err = clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
 	} else {
-		err = setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key)}, r.channel, newEpoch(), payload, b, ms).Err()
+		err = setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
@@ -340,18 +340,18 @@ func (r *Redis) Del(ctx context.Context, items []Item, payload func(keys []strin
 		if n.cluster {
 			for _, it := range batch {
 				p := payload([]string{it.Key})
-				if err := clusterDelScript.Run(ctx, n.c, []string{r.Key(it.Key)}, r.channel, p).Err(); err != nil {
+				if err := clusterDelScript.Run(ctx, n.c, []string{r.Key(it.Key), r.LeaseKey(it.Key)}, r.channel, p).Err(); err != nil {
 					return err
 				}
 			}
 			return nil
 		}
 		keys := make([]string, 0, len(batch))
-		rkeys := make([]string, 0, len(batch)+2)
+		rkeys := make([]string, 0, 2*len(batch)+2)
 		rkeys = append(rkeys, r.seqKey, r.epochKey)
 		for _, it := range batch {
 			keys = append(keys, it.Key)
-			rkeys = append(rkeys, r.Key(it.Key))
+			rkeys = append(rkeys, r.Key(it.Key), r.LeaseKey(it.Key))
 		}
 		return delScript.Run(ctx, n.c, rkeys, r.channel, newEpoch(), payload(keys)).Err()
 	})

@@ -7,8 +7,9 @@ import "github.com/redis/go-redis/v9"
 // the message having been published, and the node's sequence numbers follow the
 // order of its writes exactly.
 //
-// Keys: KEYS[1] the node's sequence counter, KEYS[2] the node's epoch, then the
-// value keys. The epoch is a random id the first writer stores (ARGV[2]); a node that
+// Keys: KEYS[1] the node's sequence counter, KEYS[2] the node's epoch, then each
+// value key followed by its lease key: a write voids any lease on the key (see
+// lease.go), so that a load that began before it cannot fill after it. The epoch is a random id the first writer stores (ARGV[2]); a node that
 // restarts without its data loses both, so its next message carries a new epoch and
 // a sequence starting again at 1, which every subscriber treats as "flush".
 //
@@ -22,6 +23,7 @@ if not epoch then
   redis.call('SET', KEYS[2], epoch)
 end
 redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+redis.call('DEL', KEYS[4])
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], epoch .. '|' .. seq .. '|' .. ARGV[3])
 return seq
@@ -47,16 +49,18 @@ return seq
 // a sequence ("-|0|<payload>"): subscribers still evict, but cannot detect a lost
 // message by its number; a lost subscription is still detected and flushed.
 
-// clusterSetScript: KEYS[1] the value key; ARGV = channel, payload, value, ttl in ms.
+// clusterSetScript: KEYS = the value key, its lease key; ARGV = channel, payload,
+// value, ttl in ms.
 var clusterSetScript = redis.NewScript(`
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[1], '-|0|' .. ARGV[2])
 return 0
 `)
 
-// clusterDelScript: KEYS[1] the value key; ARGV = channel, payload.
+// clusterDelScript: KEYS = the value key, its lease key; ARGV = channel, payload.
 var clusterDelScript = redis.NewScript(`
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('PUBLISH', ARGV[1], '-|0|' .. ARGV[2])
 return 0
 `)
