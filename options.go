@@ -77,6 +77,13 @@ type Options[V any] struct {
 	// falls through to the Loader.
 	Timeout time.Duration
 
+	// LeaseTTL is how long a process that missed in the shared tier holds the key's
+	// lease while it loads: other processes missing the same key wait for its fill
+	// instead of calling their Loaders, for at most LeaseTTL + 50 ms, then load without
+	// writing Redis. A holder that dies is replaced when its lease expires. Default
+	// 2 seconds; set it above your Loader's usual latency.
+	LeaseTTL time.Duration
+
 	// HealthCheck is how long a node's invalidation subscription may stay silent
 	// before it is pinged. Default 250 ms. A link that fails without closing (a
 	// partition, a hung node) is noticed within HealthCheck + Timeout; from then on
@@ -129,6 +136,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	setDefault(&o.Timeout, 100*time.Millisecond)
 	setDefault(&o.LoadTimeout, 10*time.Second)
 	setDefault(&o.HealthCheck, 250*time.Millisecond)
+	setDefault(&o.LeaseTTL, 2*time.Second)
 	setDefault(&o.LoadConcurrency, 16)
 	setDefault(&o.MaxKeySize, 1024)
 	setDefault(&o.MaxValueSize, 1<<20)
@@ -145,7 +153,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	switch {
 	case strings.ContainsAny(o.Namespace, "{}"):
 		return o, fmt.Errorf("tiered: Namespace %q must not contain '{' or '}'", o.Namespace)
-	case o.TTL < 0, o.LocalTTL < 0, o.NegativeTTL < 0, o.Timeout < 0, o.LoadTimeout < 0, o.HealthCheck < 0:
+	case o.TTL < 0, o.LocalTTL < 0, o.NegativeTTL < 0, o.Timeout < 0, o.LoadTimeout < 0, o.HealthCheck < 0, o.LeaseTTL < 0:
 		return o, errors.New("tiered: TTLs and timeouts must not be negative")
 	case o.Jitter >= 1:
 		return o, fmt.Errorf("tiered: Jitter %v must be below 1", o.Jitter)

@@ -18,6 +18,11 @@ type Stats struct {
 	NotFound     uint64 // loads that found the key absent at the source (negative-cached)
 	Oversize     uint64 // loaded values over MaxValueSize: returned, not cached
 
+	// Leases (see Options.LeaseTTL).
+	LeaseWaits    uint64 // loads that waited for another process's lease
+	LeaseTimeouts uint64 // ... and gave up after LeaseTTL, loading without writing Redis
+	LeasesLost    uint64 // loads whose lease a write or delete voided: their value was not stored
+
 	// Coherence (see the package documentation).
 	InvalidationsSent     uint64        // writes (Set, Delete per node) whose invalidation was published
 	InvalidationsReceived uint64        // messages from other processes applied to the near-cache
@@ -44,6 +49,7 @@ type counters struct {
 	localMisses, remoteHits, remoteMisses         atomic.Uint64
 	remoteErrors, decodeErrors, loads, loadErrors atomic.Uint64
 	notFound, oversize                            atomic.Uint64
+	leaseWaits, leaseTimeouts, leasesLost         atomic.Uint64
 
 	invalidationsSent, invalidationsReceived, keysInvalidated atomic.Uint64
 	nodeDowns, flushesResubscribe, flushesGap, flushesEpoch   atomic.Uint64
@@ -68,6 +74,10 @@ func (s *counters) snapshot() Stats {
 		LoadErrors:   s.loadErrors.Load(),
 		NotFound:     s.notFound.Load(),
 		Oversize:     s.oversize.Load(),
+
+		LeaseWaits:    s.leaseWaits.Load(),
+		LeaseTimeouts: s.leaseTimeouts.Load(),
+		LeasesLost:    s.leasesLost.Load(),
 
 		InvalidationsSent:     s.invalidationsSent.Load(),
 		InvalidationsReceived: s.invalidationsReceived.Load(),

@@ -63,6 +63,8 @@ type sharedTier interface {
 	GetMany(ctx context.Context, items []remote.Item)
 	FillMany(ctx context.Context, items []remote.Item, ttl func(i int) time.Duration)
 	Del(ctx context.Context, items []remote.Item, payload func(keys []string) []byte) error
+	Lease(ctx context.Context, node int, key, token string, ttl time.Duration) ([]byte, remote.LeaseState, error)
+	FillLeased(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
 }
 
 var _ sharedTier = (*remote.Redis)(nil)
@@ -86,6 +88,12 @@ func (noShared) GetMany(_ context.Context, items []remote.Item) {
 }
 func (noShared) FillMany(context.Context, []remote.Item, func(int) time.Duration) {}
 func (noShared) Del(context.Context, []remote.Item, func([]string) []byte) error  { return nil }
+func (noShared) Lease(context.Context, int, string, string, time.Duration) ([]byte, remote.LeaseState, error) {
+	return nil, remote.LeaseWon, nil // nobody to share a load with
+}
+func (noShared) FillLeased(context.Context, int, string, string, []byte, time.Duration) error {
+	return nil
+}
 
 // New returns a Cache configured by opts. It validates opts but does not contact
 // Redis: a node that is down at start is handled like one that fails later.
@@ -320,62 +328,6 @@ func (c *Cache[V]) readShared(ctx context.Context, key string, node int, f local
 		c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", key, "err", err)
 		return shared[V]{failed: true}
 	}
-}
-
-// load runs once per load flight, in its own goroutine, under loadContext (the
-// values of the first caller's ctx, not its cancellation): the Loader, then both
-// tiers. With reread it first reads the shared tier again (see get).
-func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local.Fence, sr shared[V], reread bool) (flight[V], error) {
-	if !c.enter() {
-		return flight[V]{}, ErrClosed
-	}
-	defer c.wg.Done()
-	ctx, cancel := c.loadContext(callerCtx)
-	defer cancel()
-	if reread {
-		if sr = c.readShared(ctx, key, node, f); sr.hit {
-			return sr.flight, nil
-		}
-	}
-	if c.opts.Loader == nil {
-		return flight[V]{}, ErrNotFound
-	}
-	c.stats.loads.Add(1)
-	v, err := c.loadOne(ctx, key)
-	absent := false
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrNotFound):
-		c.stats.notFound.Add(1)
-		absent = true
-	default:
-		c.stats.loadErrors.Add(1)
-		return flight[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
-	}
-	if c.afterLoad != nil {
-		c.afterLoad(key)
-	}
-	frame, ttl, ok := c.frame(key, v, absent)
-	if !ok {
-		return flight[V]{v: v}, nil
-	}
-	if !sr.failed {
-		// A loaded value never overwrites one a writer stored meanwhile (SET NX),
-		// except over bytes that do not decode.
-		write := c.shared.Fill
-		if sr.corrupt {
-			write = c.shared.Repair
-		}
-		if err := write(ctx, node, key, frame, ttl); err != nil {
-			c.stats.remoteErrors.Add(1)
-			c.opts.Logger.Warn("tiered: shared tier fill failed", "key", key, "err", err)
-		}
-	}
-	c.storeLocal(f, key, v, absent, int64(len(frame)), ttl)
-	// Wait for ristretto to apply the store, so that the next Get hits rather than
-	// calling the Loader again: microseconds, against the Loader's milliseconds.
-	c.local.Wait()
-	return flight[V]{v: v, absent: absent}, nil
 }
 
 // frame encodes a loaded value (or an absence) for the shared tier with its jittered
