@@ -54,9 +54,6 @@ func TestC3NoStaleSetAfterDelete(t *testing.T) {
 			if err := <-res; err != nil {
 				t.Fatal(err)
 			}
-			if s := a.Stats(); s.LeasesLost != 1 {
-				t.Fatalf("A's stats = %+v, want its lease lost", s)
-			}
 			rk := a.shared.(interface{ Key(string) string }).Key("k")
 			raw, err := servers[a.shared.Owner("k")].Do(ctx, "GET", rk)
 			if write == "Delete" {
@@ -65,6 +62,9 @@ func TestC3NoStaleSetAfterDelete(t *testing.T) {
 				}
 			} else if err != nil || !contains(raw, "new") {
 				t.Fatalf("Redis holds %v, %v after the Set; want the new value", raw, err)
+			}
+			if s := a.Stats(); s.LeasesLost != 1 {
+				t.Fatalf("A's stats = %+v, want its lease lost", s)
 			}
 			// And no process reads the old value from now on.
 			c := newCache(t, o)
