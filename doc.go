@@ -20,7 +20,8 @@
 //
 // Get looks in the near-cache; on a miss the first caller for the key in this
 // process reads the key's owner node (concurrent callers share that read), and if
-// Redis has no value, one Loader call fills Redis and the near-cache. Absence
+// Redis has no value, one Loader call in the fleet (see Leases) fills Redis and the
+// near-cache. Absence
 // (ErrNotFound from the Loader) is cached too, for Options.NegativeTTL. A shared
 // tier that fails or times out (Options.Timeout) is counted in Stats, logged, and
 // bypassed: the Loader answers. Loader errors are never cached; panics become a
@@ -68,13 +69,21 @@
 // while the message is in flight, or, if the subscription failed silently, for at
 // most HealthCheck + Timeout.
 //
+// # Leases
+//
+// A Get that misses in Redis takes the key's lease on its node before calling the
+// Loader (Facebook's memcache leases): other processes missing the same key wait for
+// the holder's fill instead of loading too, for at most Options.LeaseTTL (a holder
+// that dies is replaced when its lease expires), and a Set or Delete voids the lease,
+// so that a Loader result read before the write is never filled into Redis after it.
+//
 // Out of scope, bounded by TTLs only: writes to Redis or to the source of truth that
 // bypass this package (a Loader reading a source updated behind the cache's back
-// serves the old value until the copies expire), and a Loader result read before a
-// concurrent Delete that is written to Redis after it (a fill never overwrites a Set,
-// since it writes with SET NX, but it can refill a key a Delete has just removed). On
-// a Redis Cluster (Options.Client) writes publish without sequence numbers, so a lost
-// message is detected only through a lost subscription.
+// serves the old value until the copies expire), and GetMany's batch loads, which
+// fill Redis with SET NX rather than leases (a batch fill never overwrites a Set, but
+// can refill a key a concurrent Delete removed). On a Redis Cluster (Options.Client)
+// writes publish without sequence numbers, so a lost message is detected only through
+// a lost subscription.
 //
 // # Encoding
 //
