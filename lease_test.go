@@ -175,3 +175,132 @@ func TestLeaseHolderDies(t *testing.T) {
 	}
 	t.Logf("waited %v behind a dead holder (lease TTL %v)", took, o.LeaseTTL)
 }
+
+// BenchmarkStampede: per iteration, 1000 goroutines spread over 4 Cache instances
+// (as 4 replicas would be) Get one cold key at once. loads/op is the number of
+// Loader calls per cold key across all instances: the goal is 1.
+func BenchmarkStampede(b *testing.B) {
+	servers := redistest.Start(b, 3)
+	var calls atomic.Int64
+	o := ringOpts[string](b, servers)
+	o.Loader = LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		calls.Add(1)
+		time.Sleep(time.Millisecond) // a fast database query
+		return key, nil
+	})
+	caches := make([]*Cache[string], 4)
+	for i := range caches {
+		caches[i] = newCache(b, o)
+	}
+	const goroutines = 1000
+	b.ReportAllocs()
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		key := fmt.Sprint("stampede:", i)
+		i++
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		for g := range goroutines {
+			c := caches[g%len(caches)]
+			wg.Go(func() {
+				<-start
+				if v, err := c.Get(context.Background(), key); err != nil || v != key {
+					failed.Add(1)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if failed.Load() > 0 {
+			b.Fatalf("%d Gets failed", failed.Load())
+		}
+	}
+	b.ReportMetric(float64(calls.Load())/float64(b.N), "loads/op")
+}
+
+// A caller whose ctx ends returns at once; the load it started goes on for the
+// others and fills the cache.
+func TestWaiterCancelDoesNotCancelLoad(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	release := make(chan struct{})
+	var loaderCtxErr atomic.Value
+	o := ringOpts[string](t, servers)
+	o.Loader = LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		<-release
+		if err := ctx.Err(); err != nil {
+			loaderCtxErr.Store(err)
+		}
+		return "v", nil
+	})
+	c := newCache(t, o)
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { _, err := c.Get(ctx, "k"); first <- err }()
+	waitFor(t, "the load to start", func() bool { return c.Stats().Loads == 1 })
+	second := make(chan string, 1)
+	go func() { v, _ := c.Get(context.Background(), "k"); second <- v }()
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled caller got %v, want context.Canceled at once", err)
+	}
+	close(release)
+	if v := <-second; v != "v" {
+		t.Fatalf("the other caller got %q", v)
+	}
+	if err := loaderCtxErr.Load(); err != nil {
+		t.Fatalf("the shared load's ctx was cancelled: %v", err)
+	}
+	if n := c.Stats().Loads; n != 1 {
+		t.Fatalf("%d loads, want 1", n)
+	}
+}
+
+// The shared load runs under LoadTimeout, whatever its callers' ctx.
+func TestLoadTimeout(t *testing.T) {
+	c := newCache(t, Options[string]{
+		LoadTimeout: 50 * time.Millisecond,
+		Loader: LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+			<-ctx.Done()
+			return "", ctx.Err()
+		}),
+	})
+	_, err := c.Get(context.Background(), "k")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Get = %v, want the load's deadline", err)
+	}
+}
+
+// Every caller waiting on a load that panics gets the *PanicError; nothing is cached.
+func TestLoaderPanicReachesEveryWaiter(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int64
+	var panicking atomic.Bool
+	panicking.Store(true)
+	c := newCache(t, Options[string]{Loader: LoaderFunc[string](func(context.Context, string) (string, error) {
+		calls.Add(1)
+		if panicking.Load() {
+			<-release // callers arriving meanwhile join this load
+			panic("boom")
+		}
+		return "v", nil
+	})})
+	const n = 10
+	errs := make(chan error, n)
+	for range n {
+		go func() { _, err := c.Get(context.Background(), "k"); errs <- err }()
+	}
+	waitFor(t, "the load to start", func() bool { return calls.Load() == 1 })
+	close(release)
+	for range n {
+		var pe *PanicError
+		if err := <-errs; !errors.As(err, &pe) {
+			t.Fatalf("waiter got %v, want *PanicError", err)
+		}
+	}
+	panicking.Store(false)
+	if v, err := c.Get(context.Background(), "k"); err != nil || v != "v" {
+		t.Fatalf("Get after the panic = %q, %v; the panic must not be cached", v, err)
+	}
+}
