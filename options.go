@@ -84,6 +84,17 @@ type Options[V any] struct {
 	// 2 seconds; set it above your Loader's usual latency.
 	LeaseTTL time.Duration
 
+	// RefreshAhead, if above 0, refreshes a value in the background when a near-cache
+	// hit finds its time left in the shared tier below RefreshAhead x TTL, so that hot
+	// keys are reloaded before they expire rather than on a caller's miss. At most one
+	// process in the fleet refreshes a key at a time (its lease); a Set or Delete
+	// during a refresh keeps the refresh out of both tiers; a refresh that fails leaves
+	// the old value served until its TTL ends. Default 0 (off); must be below 1.
+	RefreshAhead float64
+
+	// RefreshWorkers bounds the goroutines that run refreshes. Default 4.
+	RefreshWorkers int
+
 	// HealthCheck is how long a node's invalidation subscription may stay silent
 	// before it is pinged. Default 250 ms. A link that fails without closing (a
 	// partition, a hung node) is noticed within HealthCheck + Timeout; from then on
@@ -137,6 +148,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	setDefault(&o.LoadTimeout, 10*time.Second)
 	setDefault(&o.HealthCheck, 250*time.Millisecond)
 	setDefault(&o.LeaseTTL, 2*time.Second)
+	setDefault(&o.RefreshWorkers, 4)
 	setDefault(&o.LoadConcurrency, 16)
 	setDefault(&o.MaxKeySize, 1024)
 	setDefault(&o.MaxValueSize, 1<<20)
@@ -157,7 +169,9 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 		return o, errors.New("tiered: TTLs and timeouts must not be negative")
 	case o.Jitter >= 1:
 		return o, fmt.Errorf("tiered: Jitter %v must be below 1", o.Jitter)
-	case o.LocalMaxCost < 0 || o.MaxKeySize < 0 || o.MaxValueSize < 0 || o.LoadConcurrency < 0:
+	case o.RefreshAhead < 0 || o.RefreshAhead >= 1:
+		return o, fmt.Errorf("tiered: RefreshAhead %v must be in [0, 1)", o.RefreshAhead)
+	case o.LocalMaxCost < 0 || o.MaxKeySize < 0 || o.MaxValueSize < 0 || o.LoadConcurrency < 0 || o.RefreshWorkers < 0:
 		return o, errors.New("tiered: sizes and limits must not be negative")
 	}
 	return o, nil

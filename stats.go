@@ -23,6 +23,10 @@ type Stats struct {
 	LeaseTimeouts uint64 // ... and gave up after LeaseTTL, loading without writing Redis
 	LeasesLost    uint64 // loads whose lease a write or delete voided: their value was not stored
 
+	// Refresh-ahead (see Options.RefreshAhead).
+	Refreshes        uint64 // background refreshes that won the key's lease and called the Loader
+	RefreshesSkipped uint64 // refreshes not queued because the workers were saturated
+
 	// Coherence (see the package documentation).
 	InvalidationsSent     uint64        // writes (Set, Delete per node) whose invalidation was published
 	InvalidationsReceived uint64        // messages from other processes applied to the near-cache
@@ -50,6 +54,7 @@ type counters struct {
 	remoteErrors, decodeErrors, loads, loadErrors atomic.Uint64
 	notFound, oversize                            atomic.Uint64
 	leaseWaits, leaseTimeouts, leasesLost         atomic.Uint64
+	refreshes, refreshesSkipped                   atomic.Uint64
 
 	invalidationsSent, invalidationsReceived, keysInvalidated atomic.Uint64
 	nodeDowns, flushesResubscribe, flushesGap, flushesEpoch   atomic.Uint64
@@ -78,6 +83,9 @@ func (s *counters) snapshot() Stats {
 		LeaseWaits:    s.leaseWaits.Load(),
 		LeaseTimeouts: s.leaseTimeouts.Load(),
 		LeasesLost:    s.leasesLost.Load(),
+
+		Refreshes:        s.refreshes.Load(),
+		RefreshesSkipped: s.refreshesSkipped.Load(),
 
 		InvalidationsSent:     s.invalidationsSent.Load(),
 		InvalidationsReceived: s.invalidationsReceived.Load(),

@@ -42,6 +42,7 @@ type Cache[V any] struct {
 	// (atomic: the subscriber goroutines read it while tests set it).
 	afterInvalidate atomic.Pointer[func(m *invalidation.Message)]
 	subs            []*invalidation.Subscriber
+	refreshes       chan string // keys whose refresh-ahead is due, for the refresh workers
 
 	closed  atomic.Bool
 	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait
@@ -65,6 +66,7 @@ type sharedTier interface {
 	Del(ctx context.Context, items []remote.Item, payload func(keys []string) []byte) error
 	Lease(ctx context.Context, node int, key, token string, ttl time.Duration) ([]byte, remote.LeaseState, error)
 	FillLeased(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
+	TryLease(ctx context.Context, node int, key, token string, ttl, threshold time.Duration) (bool, error)
 }
 
 var _ sharedTier = (*remote.Redis)(nil)
@@ -94,6 +96,9 @@ func (noShared) Lease(context.Context, int, string, string, time.Duration) ([]by
 func (noShared) FillLeased(context.Context, int, string, string, []byte, time.Duration) error {
 	return nil
 }
+func (noShared) TryLease(context.Context, int, string, string, time.Duration, time.Duration) (bool, error) {
+	return true, nil
+}
 
 // New returns a Cache configured by opts. It validates opts but does not contact
 // Redis: a node that is down at start is handled like one that fails later.
@@ -117,6 +122,7 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	if r, ok := c.shared.(*remote.Redis); ok {
 		c.subscribe(r)
 	}
+	c.startRefreshers()
 	return c, nil
 }
 
@@ -198,8 +204,11 @@ func (c *Cache[V]) newShared() (sharedTier, error) {
 // A shared tier that fails or times out is not an error while a Loader answers.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	h := c.local.Hash(key)
-	if v, absent, ok := c.local.Get(h, key); ok {
+	if v, absent, ok, refresh := c.local.Lookup(h, key); ok {
 		c.stats.localHit(h)
+		if refresh {
+			c.scheduleRefresh(key)
+		}
 		if absent {
 			return v, ErrNotFound
 		}
@@ -378,10 +387,13 @@ func (c *Cache[V]) decode(b []byte) (v V, absent bool, ttl time.Duration, err er
 // nor than remaining (its time left in the shared tier), fenced by f.
 func (c *Cache[V]) storeLocal(f local.Fence, key string, v V, absent bool, cost int64, remaining time.Duration) {
 	ttl := c.jitter(c.opts.LocalTTL)
+	refreshIn := local.Never
 	if absent {
 		ttl = c.jitter(min(c.opts.LocalTTL, c.opts.NegativeTTL))
+	} else {
+		refreshIn = c.refreshIn(remaining)
 	}
-	c.local.Store(f, key, v, absent, cost, min(ttl, remaining))
+	c.local.Store(f, key, v, absent, cost, min(ttl, remaining), refreshIn)
 }
 
 func (c *Cache[V]) jitter(d time.Duration) time.Duration {
@@ -422,7 +434,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		return fmt.Errorf("tiered: set %q: %w", key, err)
 	}
 	_, localOnly := c.shared.(noShared)
-	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), localOnly)
+	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), c.refreshIn(ttl), localOnly)
 	if !localOnly {
 		c.stats.invalidationsSent.Add(1)
 	}
@@ -496,8 +508,11 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			continue
 		}
 		h := c.local.Hash(k)
-		if v, absent, ok := c.local.Get(h, k); ok {
+		if v, absent, ok, refresh := c.local.Lookup(h, k); ok {
 			c.stats.localHit(h)
+			if refresh {
+				c.scheduleRefresh(k)
+			}
 			if !absent {
 				out[k] = v
 			}

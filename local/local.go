@@ -63,14 +63,19 @@ type Config struct {
 }
 
 type entry[V any] struct {
-	key     string
-	val     V
-	absent  bool   // a negative entry: the source has no value
-	expire  int64  // coarse-clock nanoseconds
-	gen     uint32 // stripe generation at fence time
-	node    uint32
-	nodeGen uint32
+	key        string
+	val        V
+	absent     bool   // a negative entry: the source has no value
+	expire     int64  // coarse-clock nanoseconds
+	refreshAt  int64  // coarse-clock nanoseconds from which a hit reports a refresh due
+	gen        uint32 // stripe generation at fence time
+	node       uint32
+	nodeGen    uint32
+	refreshing atomic.Bool // a hit has reported the refresh due: report it once
 }
+
+// Never is a refresh delay that never comes.
+const Never = time.Duration(1<<63 - 1)
 
 // Cache is a fenced near-cache. It is safe for concurrent use.
 type Cache[V any] struct {
@@ -149,14 +154,25 @@ func (c *Cache[V]) Hash(key string) uint64 { return maphash.String(c.seed, key) 
 // Get returns the entry for key if one is stored and still valid. absent reports a
 // negative entry. It allocates nothing.
 func (c *Cache[V]) Get(h uint64, key string) (v V, absent, ok bool) {
+	v, absent, ok, _ = c.Lookup(h, key)
+	return v, absent, ok
+}
+
+// Lookup is Get that also reports, to the first caller past the entry's refresh
+// time only, that a refresh is due.
+func (c *Cache[V]) Lookup(h uint64, key string) (v V, absent, ok, refresh bool) {
 	e, found := c.rc.Get(h)
 	if !found || e.key != key ||
 		e.gen != c.stripes[h%stripes].Load() ||
-		e.nodeGen != c.nodes[e.node].Load() ||
-		e.expire <= c.now.Load() {
-		return v, false, false
+		e.nodeGen != c.nodes[e.node].Load() {
+		return v, false, false, false
 	}
-	return e.val, e.absent, true
+	now := c.now.Load()
+	if e.expire <= now {
+		return v, false, false, false
+	}
+	refresh = e.refreshAt <= now && e.refreshing.CompareAndSwap(false, true)
+	return e.val, e.absent, true, refresh
 }
 
 // Fence records the generations a fill of key starts from. Take it before reading the
@@ -184,19 +200,25 @@ func (c *Cache[V]) Valid(f Fence) bool {
 // Store stores v (or, with absent, a negative entry) for key for at most ttl, fenced
 // by f: it reports false and stores nothing if f is no longer valid. Even when it
 // reports true the entry may be dropped by ristretto; a later hit is never stale.
-func (c *Cache[V]) Store(f Fence, key string, v V, absent bool, cost int64, ttl time.Duration) bool {
+// Lookup reports a refresh due from refreshIn on (Never: no refresh).
+func (c *Cache[V]) Store(f Fence, key string, v V, absent bool, cost int64, ttl, refreshIn time.Duration) bool {
 	ttl -= Tick
 	if ttl <= 0 || !c.Valid(f) {
 		return false
 	}
-	return c.set(f, f.gen, key, v, absent, cost, ttl)
+	return c.set(f, f.gen, key, v, absent, cost, ttl, refreshIn)
 }
 
-func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost int64, ttl time.Duration) bool {
+func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost int64, ttl, refreshIn time.Duration) bool {
+	now := c.now.Load()
+	refreshAt := int64(Never)
+	if refreshIn < Never {
+		refreshAt = now + int64(max(refreshIn, 0))
+	}
 	e := &entry[V]{
 		key: key, val: v, absent: absent,
-		expire: c.now.Load() + int64(ttl),
-		gen:    gen, node: f.node, nodeGen: f.nodeGen,
+		expire: now + int64(ttl), refreshAt: refreshAt,
+		gen: gen, node: f.node, nodeGen: f.nodeGen,
 	}
 	return c.rc.Set(f.h, e, cost+int64(len(key))+EntryOverhead)
 }
@@ -211,7 +233,7 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 // right after it hits (unless ristretto's admission policy refused the entry). A cache
 // with no tier behind it needs that, since the write exists nowhere else; one with a
 // shared tier does not, and should not pay for it.
-func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Duration, wait bool) bool {
+func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl, refreshIn time.Duration, wait bool) bool {
 	g := c.stripes[f.h%stripes].Add(1)
 	ttl -= Tick
 	if ttl <= 0 || g != f.gen+1 || f.nodeGen%2 != 0 || c.nodes[f.node].Load() != f.nodeGen {
@@ -221,7 +243,7 @@ func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Durati
 		// Ristretto may drop this Set (a Set of a key it has not stored yet is
 		// rejected while an earlier Set of that key is still buffered); the caller
 		// has a shared tier to fall back on, so that only costs a miss.
-		return c.set(f, g, key, v, false, cost, ttl)
+		return c.set(f, g, key, v, false, cost, ttl, refreshIn)
 	}
 	if _, stored := c.rc.Get(f.h); !stored {
 		// Drain any earlier Set of the key still buffered, and the Del, before this
@@ -230,7 +252,7 @@ func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl time.Durati
 		c.rc.Del(f.h)
 		c.rc.Wait()
 	}
-	ok := c.set(f, g, key, v, false, cost, ttl)
+	ok := c.set(f, g, key, v, false, cost, ttl, refreshIn)
 	c.rc.Wait()
 	return ok
 }

@@ -23,7 +23,7 @@ func newCache(t *testing.T) *Cache[string] {
 // store stores and waits until ristretto has applied it.
 func store(t *testing.T, c *Cache[string], f Fence, key, v string) {
 	t.Helper()
-	if !c.Store(f, key, v, false, int64(len(v)), time.Minute) {
+	if !c.Store(f, key, v, false, int64(len(v)), time.Minute, Never) {
 		t.Fatalf("Store(%q) refused with a valid fence", key)
 	}
 	c.Wait()
@@ -51,7 +51,7 @@ func TestInvalidateFencesFill(t *testing.T) {
 	h := c.Hash("k")
 	f := c.Fence(h, 0) // a fill starts
 	c.Invalidate(h)    // a write lands while it is in flight
-	if c.Store(f, "k", "old", false, 3, time.Minute) {
+	if c.Store(f, "k", "old", false, 3, time.Minute, Never) {
 		t.Fatal("Store accepted a fence taken before an invalidation")
 	}
 	c.Wait()
@@ -64,7 +64,7 @@ func TestInvalidateFencesFill(t *testing.T) {
 func TestLateSetNotServed(t *testing.T) {
 	c := newCache(t)
 	h := c.Hash("k")
-	if !c.Store(c.Fence(h, 0), "k", "old", false, 3, time.Minute) {
+	if !c.Store(c.Fence(h, 0), "k", "old", false, 3, time.Minute, Never) {
 		t.Fatal("Store refused")
 	}
 	c.Invalidate(h) // before ristretto has necessarily applied the Set
@@ -81,7 +81,7 @@ func TestReplace(t *testing.T) {
 
 	// One writer: its value replaces the old one.
 	f := c.Fence(h, 0)
-	if !c.Replace(f, "k", "v1", 2, time.Minute, true) {
+	if !c.Replace(f, "k", "v1", 2, time.Minute, Never, true) {
 		t.Fatal("Replace refused for a lone writer")
 	}
 	if v, ok := get(c, "k"); !ok || v != "v1" {
@@ -91,8 +91,8 @@ func TestReplace(t *testing.T) {
 	// Two writers whose writes overlap: neither value may stay, since the shared
 	// tier holds the one that wrote last and the order is unknown here.
 	f1, f2 := c.Fence(h, 0), c.Fence(h, 0)
-	c.Replace(f1, "k", "a", 1, time.Minute, true)
-	if c.Replace(f2, "k", "b", 1, time.Minute, true) {
+	c.Replace(f1, "k", "a", 1, time.Minute, Never, true)
+	if c.Replace(f2, "k", "b", 1, time.Minute, Never, true) {
 		t.Fatal("Replace accepted a fence that another write overtook")
 	}
 	if v, ok := get(c, "k"); ok {
@@ -106,8 +106,8 @@ func TestReplaceTwiceNewKey(t *testing.T) {
 	for i := range 1000 {
 		key := "k" + string(rune('a'+i%26)) + time.Duration(i).String()
 		h := c.Hash(key)
-		c.Replace(c.Fence(h, 0), key, "first", 5, time.Minute, false)
-		c.Replace(c.Fence(h, 0), key, "second", 6, time.Minute, true)
+		c.Replace(c.Fence(h, 0), key, "first", 5, time.Minute, Never, false)
+		c.Replace(c.Fence(h, 0), key, "second", 6, time.Minute, Never, true)
 		if v, ok := get(c, key); !ok || v != "second" {
 			t.Fatalf("%s: Get = %q, %v after two Replaces; want second", key, v, ok)
 		}
@@ -126,7 +126,7 @@ func TestFlushNode(t *testing.T) {
 	if _, ok := get(c, "b"); !ok {
 		t.Error("entry of another node was flushed")
 	}
-	if c.Store(f, "c", "x", false, 1, time.Minute) {
+	if c.Store(f, "c", "x", false, 1, time.Minute, Never) {
 		t.Error("a fill from a flushed node was stored")
 	}
 	c.FlushAll()
@@ -138,7 +138,7 @@ func TestFlushNode(t *testing.T) {
 func TestNegativeEntry(t *testing.T) {
 	c := newCache(t)
 	h := c.Hash("gone")
-	c.Store(c.Fence(h, 0), "gone", "", true, 0, time.Minute)
+	c.Store(c.Fence(h, 0), "gone", "", true, 0, time.Minute, Never)
 	c.Wait()
 	if _, absent, ok := c.Get(h, "gone"); !ok || !absent {
 		t.Fatalf("Get = absent %v, ok %v; want a negative hit", absent, ok)
@@ -153,11 +153,11 @@ func TestExpiry(t *testing.T) {
 		}
 		defer c.Close()
 		h := c.Hash("k")
-		if c.Store(c.Fence(h, 0), "short", "v", false, 1, Tick) {
+		if c.Store(c.Fence(h, 0), "short", "v", false, 1, Tick, Never) {
 			t.Fatal("stored an entry whose TTL is within one clock tick")
 		}
 		// Stored for 100 ms less one Tick; the clock advances in Ticks.
-		c.Store(c.Fence(h, 0), "k", "v", false, 1, 100*time.Millisecond)
+		c.Store(c.Fence(h, 0), "k", "v", false, 1, 100*time.Millisecond, Never)
 		c.Wait()
 		time.Sleep(50 * time.Millisecond) // fake time: the bubble's clock
 		if _, ok := get(c, "k"); !ok {
@@ -196,10 +196,10 @@ func TestMarkDownUp(t *testing.T) {
 		t.Fatal("entry of a node marked down is served")
 	}
 	f := c.Fence(c.Hash("b"), 3)
-	if c.Store(f, "b", "while down", false, 1, time.Minute) {
+	if c.Store(f, "b", "while down", false, 1, time.Minute, Never) {
 		t.Fatal("stored an entry of a node marked down")
 	}
-	if c.Replace(f, "b", "while down", 1, time.Minute, true) {
+	if c.Replace(f, "b", "while down", 1, time.Minute, Never, true) {
 		t.Fatal("Replace stored an entry of a node marked down")
 	}
 	c.MarkDown(3) // idempotent
@@ -213,5 +213,23 @@ func TestMarkDownUp(t *testing.T) {
 	store(t, c, c.Fence(c.Hash("b"), 3), "b", "after")
 	if v, ok := get(c, "b"); !ok || v != "after" {
 		t.Fatalf("Get = %q, %v after MarkUp", v, ok)
+	}
+}
+
+func TestRefreshDueOnce(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	c.Store(c.Fence(h, 0), "k", "v", false, 1, time.Minute, 0) // due at once
+	c.Wait()
+	if _, _, ok, due := c.Lookup(h, "k"); !ok || !due {
+		t.Fatalf("Lookup = ok %v, due %v; want a hit with a refresh due", ok, due)
+	}
+	if _, _, ok, due := c.Lookup(h, "k"); !ok || due {
+		t.Fatalf("second Lookup = ok %v, due %v; want the refresh reported once", ok, due)
+	}
+	c.Store(c.Fence(c.Hash("n"), 0), "n", "v", false, 1, time.Minute, Never)
+	c.Wait()
+	if _, _, _, due := c.Lookup(c.Hash("n"), "n"); due {
+		t.Fatal("refresh reported for an entry stored with Never")
 	}
 }

@@ -103,3 +103,30 @@ func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []
 	}
 	return nil
 }
+
+// refreshLeaseScript: KEYS = value key, lease key; ARGV = token, lease ttl in ms,
+// threshold in ms. Takes the lease only while the value's time left is still at most
+// the threshold: once one process has refreshed it, the others find it fresh.
+var refreshLeaseScript = redis.NewScript(`
+if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then return 0 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+`)
+
+// TryLease takes key's lease with token for ttl for a refresh-ahead: only if the
+// value's time left in Redis is at most threshold (nobody refreshed it yet) and no one
+// holds the lease. It reports whether it won.
+func (r *Redis) TryLease(ctx context.Context, idx int, key, token string, ttl, threshold time.Duration) (bool, error) {
+	n, err := r.node(idx)
+	if err != nil {
+		return false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	won, err := refreshLeaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)},
+		token, max(ttl.Milliseconds(), 1), threshold.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("remote lease %q on %s: %w", key, n.name, err)
+	}
+	return won == 1, nil
+}
