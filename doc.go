@@ -77,6 +77,12 @@
 // that dies is replaced when its lease expires), and a Set or Delete voids the lease,
 // so that a Loader result read before the write is never filled into Redis after it.
 //
+// With Options.RefreshAhead, a near-cache hit on a value close to its expiry in Redis
+// queues a background refresh (bounded workers the Cache owns). The refresh takes the
+// key's lease too, only while the value is still close to expiry, so one process in
+// the fleet refreshes a key; a Set or Delete during the refresh keeps its result out
+// of both tiers; a refresh that fails leaves the old value served until its TTL ends.
+//
 // Out of scope, bounded by TTLs only: writes to Redis or to the source of truth that
 // bypass this package (a Loader reading a source updated behind the cache's back
 // serves the old value until the copies expire), and GetMany's batch loads, which
