@@ -663,6 +663,9 @@ func (c *Cache[V]) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	for _, s := range c.subs {
+		s.Cancel()
+	}
+	for _, s := range c.subs {
 		s.Stop()
 	}
 	c.local.Close()
