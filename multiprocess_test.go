@@ -137,6 +137,12 @@ func runChild(role string) int {
 }
 
 func child(role string) (err error) {
+	switch role {
+	case "stampede":
+		return stampedeChild()
+	case "lease-holder":
+		return leaseHolderChild()
+	}
 	if role != "writer" && role != "reader" {
 		return fmt.Errorf("unknown role %q", role)
 	}
