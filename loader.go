@@ -100,6 +100,10 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 		return flight[V]{}, ErrClosed
 	}
 	defer c.wg.Done()
+	// Callers arriving from now on read the shared tier again: the value is there,
+	// or a new load starts. (Callers that receive this load's result delete the mark
+	// too, in case it was set just as this load ended.)
+	defer c.loading.Delete(flightKey(key, f))
 	ctx, cancel := c.loadContext(callerCtx)
 	defer cancel()
 	if reread {

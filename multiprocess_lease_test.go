@@ -218,7 +218,7 @@ func TestMultiProcessStampede(t *testing.T) {
 // C3/C6 liveness: a lease holder killed mid-load delays the others by at most the
 // lease TTL; then one of them takes the lease over and loads.
 func TestLeaseHolderProcessKilled(t *testing.T) {
-	const leaseTTL = 500 * time.Millisecond
+	const leaseTTL = time.Second
 	servers := redistest.Start(t, 4)
 	var addrs []string
 	for _, s := range servers[:3] {
@@ -228,6 +228,11 @@ func TestLeaseHolderProcessKilled(t *testing.T) {
 	defer db.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	o := ringOpts[string](t, servers[:3])
+	o.Namespace = "holder"
+	o.LeaseTTL = leaseTTL
+	o.Loader = LoaderFunc[string](func(context.Context, string) (string, error) { return "loaded", nil })
+	c := newCache(t, o)
 	cmd, out := startChild(t, ctx, "lease-holder",
 		envNodes+"="+strings.Join(addrs, ","), envDB+"="+servers[3].Addr(), envNS+"=holder",
 		envLeaseTTL+"="+leaseTTL.String())
@@ -240,11 +245,6 @@ func TestLeaseHolderProcessKilled(t *testing.T) {
 	cmd.Wait()
 	killed := time.Now()
 
-	o := ringOpts[string](t, servers[:3])
-	o.Namespace = "holder"
-	o.LeaseTTL = leaseTTL
-	o.Loader = LoaderFunc[string](func(context.Context, string) (string, error) { return "loaded", nil })
-	c := newCache(t, o)
 	v, err := c.Get(ctx, "k")
 	took := time.Since(killed)
 	if err != nil || v != "loaded" {

@@ -31,9 +31,12 @@ type Cache[V any] struct {
 	tag    uint32             // envelope tag of opts.Codec
 	reads  singleflight.Group // shared-tier reads in flight, by flightKey
 	loads  singleflight.Group // loads in flight, by flightKey
-	stats  counters
-	owned  []io.Closer // clients created from Options.Addrs
-	origin string      // this Cache's id in invalidation messages
+	// loading holds the flight keys of the loads in flight, so that callers that
+	// arrive during a load join it without reading the shared tier first.
+	loading sync.Map
+	stats   counters
+	owned   []io.Closer // clients created from Options.Addrs
+	origin  string      // this Cache's id in invalidation messages
 
 	// Test hooks, nil outside tests: called between a fill's read (of the shared
 	// tier, or of the Loader) and its store into the near-cache.
@@ -259,22 +262,29 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	// refused because A's fence is older than step 2.
 	fk := flightKey(key, f)
 
-	// Phase 1: the shared-tier read runs inline in the first caller, with no
-	// goroutine hand-off on the path of a shared hit; concurrent callers share it.
-	// It is bounded by Options.Timeout, which also bounds how long a caller whose
-	// ctx ends may stay in it.
+	// A caller that arrives while the key is loading joins the load rather than
+	// reading the shared tier again (C6: one shared-tier read per miss).
 	var load <-chan singleflight.Result
-	r, _, _ := c.reads.Do(fk, func() (any, error) {
-		sr := c.readShared(context.WithoutCancel(ctx), key, node, f)
-		if !sr.hit {
-			// Start the load before releasing the callers of this read, so
-			// that they all join it (below) rather than start their own.
-			load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, sr, false) })
+	if _, loading := c.loading.Load(fk); loading {
+		load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, shared[V]{}, true) })
+	} else {
+		// Phase 1: the shared-tier read runs inline in the first caller, with no
+		// goroutine hand-off on the path of a shared hit; concurrent callers share
+		// it. It is bounded by Options.Timeout, which also bounds how long a caller
+		// whose ctx ends may stay in it.
+		r, _, _ := c.reads.Do(fk, func() (any, error) {
+			sr := c.readShared(context.WithoutCancel(ctx), key, node, f)
+			if !sr.hit {
+				// Start the load before releasing the callers of this read, so
+				// that they all join it (below) rather than start their own.
+				c.loading.Store(fk, struct{}{})
+				load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, sr, false) })
+			}
+			return sr, nil
+		})
+		if sr := r.(shared[V]); sr.hit {
+			return result(sr.flight)
 		}
-		return sr, nil
-	})
-	if sr := r.(shared[V]); sr.hit {
-		return result(sr.flight)
 	}
 	// Phase 2: the load runs in its own goroutine, so that every caller honours
 	// its own ctx while waiting and none cancels it for the others. A caller that
@@ -285,6 +295,7 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	}
 	select {
 	case res := <-load:
+		c.loading.Delete(fk) // also done by the load itself; see load
 		if res.Err != nil {
 			return zero, res.Err
 		}
