@@ -291,8 +291,14 @@ func (c *Cache[V]) refresh(key string) {
 	node := c.shared.Owner(key)
 	f := c.local.Fence(h, node)
 	token := remote.NewToken()
-	threshold := time.Duration(c.opts.RefreshAhead * float64(c.opts.TTL))
-	won, err := c.shared.TryLease(ctx, node, key, token, c.opts.LeaseTTL, threshold)
+	// The lease is taken only while the value is not fresh: its time left is under
+	// halfway between the refresh threshold and the full TTL. A value another process
+	// has just refreshed has nearly its whole TTL; one still due has about the
+	// threshold, plus the few milliseconds between the writer's clock (which set the
+	// expiry this process computed the due time from) and Redis's SET.
+	threshold := c.opts.RefreshAhead * float64(c.opts.TTL)
+	fresh := time.Duration(threshold + (float64(c.opts.TTL)-threshold)/2)
+	won, err := c.shared.TryLease(ctx, node, key, token, c.opts.LeaseTTL, fresh)
 	switch {
 	case err != nil:
 		c.stats.remoteErrors.Add(1)

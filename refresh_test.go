@@ -76,7 +76,10 @@ func TestRefreshFencedByDelete(t *testing.T) {
 	o := refreshOpts(t, servers, LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
 		if calls.Add(1) == 2 { // the refresh
 			close(held)
-			<-release
+			select { // bounded, so that a failing test cannot hang
+			case <-release:
+			case <-time.After(20 * time.Second):
+			}
 		}
 		return src.Load(ctx, key)
 	}))
@@ -93,6 +96,9 @@ func TestRefreshFencedByDelete(t *testing.T) {
 			return true
 		default:
 			a.Get(ctx, "k") // hits; one of them queues the refresh
+			if s := a.Stats(); s.Loads > 1 && s.Refreshes == 0 {
+				t.Fatalf("the key was reloaded on a miss instead of refreshed ahead: %+v", s)
+			}
 			return false
 		}
 	})

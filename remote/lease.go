@@ -105,7 +105,7 @@ func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []
 }
 
 // refreshLeaseScript: KEYS = value key, lease key; ARGV = token, lease ttl in ms,
-// threshold in ms. Takes the lease only while the value's time left is still at most
+// fresh threshold in ms. Takes the lease only while the value's time left is at most
 // the threshold: once one process has refreshed it, the others find it fresh.
 var refreshLeaseScript = redis.NewScript(`
 if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then return 0 end
