@@ -162,16 +162,16 @@ func (c *Cache[V]) Get(h uint64, key string) (v V, absent, ok bool) {
 // time only, that a refresh is due.
 func (c *Cache[V]) Lookup(h uint64, key string) (v V, absent, ok, refresh bool) {
 	e, found := c.rc.Get(h)
+	now := c.now.Load()
 	if !found || e.key != key ||
 		e.gen != c.stripes[h%stripes].Load() ||
-		e.nodeGen != c.nodes[e.node].Load() {
+		e.nodeGen != c.nodes[e.node].Load() ||
+		e.expire <= now {
 		return v, false, false, false
 	}
-	now := c.now.Load()
-	if e.expire <= now {
-		return v, false, false, false
+	if e.refreshAt <= now {
+		refresh = e.refreshing.CompareAndSwap(false, true)
 	}
-	refresh = e.refreshAt <= now && e.refreshing.CompareAndSwap(false, true)
 	return e.val, e.absent, true, refresh
 }
 
