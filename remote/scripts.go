@@ -16,33 +16,33 @@ import "github.com/redis/go-redis/v9"
 // Message: "<epoch>|<seq>|<payload>" (see package invalidation).
 
 // setScript: ARGV = channel, epoch candidate, payload, value, ttl in ms.
-var setScript = redis.NewScript(`
+var setScript = redis.NewScript(epochLua + `
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+redis.call('DEL', KEYS[4])
+` + publishLua)
+
+// epochLua reads the node's epoch, storing the candidate (ARGV[2]) if there is none.
+const epochLua = `
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[2]
   redis.call('SET', KEYS[2], epoch)
 end
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-redis.call('DEL', KEYS[4])
+`
+
+// publishLua numbers the message and publishes it (ARGV[1] channel, ARGV[3] payload).
+const publishLua = `
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], epoch .. '|' .. seq .. '|' .. ARGV[3])
 return seq
-`)
+`
 
 // delScript: ARGV = channel, epoch candidate, payload.
-var delScript = redis.NewScript(`
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[2], epoch)
-end
+var delScript = redis.NewScript(epochLua + `
 for i = 3, #KEYS do
   redis.call('DEL', KEYS[i])
 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], epoch .. '|' .. seq .. '|' .. ARGV[3])
-return seq
-`)
+` + publishLua)
 
 // On a Redis Cluster the keys of one script must share a slot, and there is no
 // node-wide counter a script on any slot could increment, so writes publish without
