@@ -103,8 +103,10 @@ func (noShared) TryLease(context.Context, int, string, string, time.Duration, ti
 	return true, nil
 }
 
-// New returns a Cache configured by opts. It validates opts but does not contact
-// Redis: a node that is down at start is handled like one that fails later.
+// New returns a Cache configured by opts. It validates opts and starts one
+// invalidation subscriber per Redis node, waiting up to Options.Timeout for their
+// subscriptions; it does not fail on Redis: a node that is down at start is handled
+// like one that fails later (its keys bypass the near-cache until it answers).
 func New[V any](opts Options[V]) (*Cache[V], error) {
 	o, err := opts.withDefaults()
 	if err != nil {
