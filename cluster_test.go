@@ -1,0 +1,172 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/redistest"
+)
+
+// The shared tier as a real 3-master Redis Cluster through a go-redis ClusterClient:
+// reads, writes and their invalidation, batch reads across slots, and leases (the
+// lease key shares the value's hash tag, so the scripts touch one slot).
+func TestRedisCluster(t *testing.T) {
+	cluster := redistest.StartClusterT(t, 3)
+	newClient := func() *redis.ClusterClient {
+		cl := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs(), ContextTimeoutEnabled: true})
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	src := newSource()
+	var loads atomic.Int64
+	loader := LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		loads.Add(1)
+		return src.Load(ctx, key)
+	})
+	a := newCache(t, Options[string]{Client: newClient(), Namespace: "cl", Loader: loader})
+	b := newCache(t, Options[string]{Client: newClient(), Namespace: "cl", Loader: loader})
+	ctx := context.Background()
+
+	// Writes on one instance, reads and invalidations on the other, keys on every master.
+	for i := range 30 {
+		k := fmt.Sprint("user:", i)
+		src.put(k, "v1")
+		if err := a.Set(ctx, k, "v1"); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := b.Get(ctx, k); err != nil || v != "v1" {
+			t.Fatalf("b.Get(%q) = %q, %v", k, v, err)
+		}
+	}
+	for i := range 30 {
+		waitLocal(t, b, fmt.Sprint("user:", i))
+	}
+	before := b.Stats().InvalidationsReceived
+	for i := range 30 {
+		k := fmt.Sprint("user:", i)
+		src.put(k, "v2")
+		if err := a.Set(ctx, k, "v2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys := make([]string, 30)
+	for i := range keys {
+		keys[i] = fmt.Sprint("user:", i)
+	}
+	// Cluster pub/sub crosses the cluster bus from the key's master to b's node.
+	waitFor(t, "b to evict every v1 copy", func() bool {
+		for _, k := range keys {
+			if v, ok := nearHas(b, k); ok && v == "v1" {
+				return false
+			}
+		}
+		return true
+	})
+	if n := b.Stats().InvalidationsReceived - before; n < 30 {
+		t.Fatalf("b received %d invalidations, want 30", n)
+	}
+	got, err := b.GetMany(ctx, keys)
+	if err != nil || len(got) != 30 {
+		t.Fatalf("b.GetMany = %d values, %v", len(got), err)
+	}
+	for _, k := range keys {
+		if got[k] != "v2" {
+			t.Fatalf("b.GetMany[%q] = %q after the invalidation, want v2", k, got[k])
+		}
+	}
+	// Delete across slots.
+	for _, k := range keys {
+		src.del(k)
+	}
+	if err := a.Delete(ctx, keys...); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to evict the deleted keys", func() bool {
+		for _, k := range keys {
+			if _, ok := nearHas(b, k); ok {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := b.Get(ctx, keys[0]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("b.Get after Delete = %v, want ErrNotFound", err)
+	}
+
+	// Leases: two instances stampede a cold key; one load.
+	loads.Store(0)
+	src.put("cold", "x")
+	var wg sync.WaitGroup
+	for i := range 200 {
+		c := a
+		if i%2 == 1 {
+			c = b
+		}
+		wg.Go(func() {
+			if v, err := c.Get(ctx, "cold"); err != nil || v != "x" {
+				t.Errorf("Get(cold) = %q, %v", v, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := loads.Load(); n != 1 {
+		t.Fatalf("%d loads for a cold key on a Cluster, want 1", n)
+	}
+}
+
+// Close leaves no connection behind: the clients it created from Options.Addrs
+// (data and pub/sub) are closed, and each node's CLIENT LIST is back to its baseline.
+func TestCloseReleasesConnections(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	count := func() int {
+		n := 0
+		for _, s := range servers {
+			raw, err := s.Do(context.Background(), "CLIENT", "LIST")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(strings.TrimSpace(raw.(string)), "\n") {
+				if line != "" {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	baseline := count() // the probes' own connections
+	var addrs []string
+	for _, s := range servers {
+		addrs = append(addrs, s.Addr())
+	}
+	src := newSource()
+	c, err := New(Options[string]{Addrs: addrs, Loader: src, Timeout: time.Second, RefreshAhead: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 50 {
+		k := fmt.Sprint("k", i)
+		src.put(k, "v")
+		if _, err := c.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Set(ctx, k, "w"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if during := count(); during <= baseline {
+		t.Fatalf("%d connections while in use, baseline %d: the test measures nothing", during, baseline)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the connections to close", func() bool { return count() == baseline })
+}
