@@ -12,6 +12,7 @@ type Stats struct {
 	RemoteHits   uint64 // answered by the shared tier (Redis)
 	RemoteMisses uint64 // the shared tier had no value
 	RemoteErrors uint64 // a shared-tier read or write failed or timed out (the read fell through to the Loader)
+	BreakerOpens uint64 // times a node's circuit breaker opened (its calls then fail at once for a while)
 	DecodeErrors uint64 // bytes in the shared tier that did not decode: treated as a miss, never cached locally
 	Loads        uint64 // Loader calls, and keys passed to the BatchLoader
 	LoadErrors   uint64 // Loader failures other than ErrNotFound (including panics); never cached
@@ -52,7 +53,7 @@ type counters struct {
 	localHits                                     [hitStripes]paddedCounter
 	localMisses, remoteHits, remoteMisses         atomic.Uint64
 	remoteErrors, decodeErrors, loads, loadErrors atomic.Uint64
-	notFound, oversize                            atomic.Uint64
+	notFound, oversize, breakerOpens              atomic.Uint64
 	leaseWaits, leaseTimeouts, leasesLost         atomic.Uint64
 	refreshes, refreshesSkipped                   atomic.Uint64
 
@@ -74,6 +75,7 @@ func (s *counters) snapshot() Stats {
 		RemoteHits:   s.remoteHits.Load(),
 		RemoteMisses: s.remoteMisses.Load(),
 		RemoteErrors: s.remoteErrors.Load(),
+		BreakerOpens: s.breakerOpens.Load(),
 		DecodeErrors: s.decodeErrors.Load(),
 		Loads:        s.loads.Load(),
 		LoadErrors:   s.loadErrors.Load(),

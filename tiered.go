@@ -183,7 +183,12 @@ func (c *Cache[V]) newShared() (sharedTier, error) {
 	default:
 		return noShared{}, nil
 	}
-	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout}
+	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout,
+		OnBreakerOpen: func(node int) {
+			c.stats.breakerOpens.Add(1)
+			o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", nodes[node].Name)
+		},
+	}
 	if len(nodes) > 1 {
 		names := make([]string, len(nodes))
 		for i, n := range nodes {

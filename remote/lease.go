@@ -65,7 +65,11 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	res, err := leaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Result()
+	var res any
+	err = n.do(func() (err error) {
+		res, err = leaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Result()
+		return err
+	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("remote lease %q on %s: %w", key, n.name, err)
 	}
@@ -94,7 +98,11 @@ func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	wrote, err := fillLeasedScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, b, max(ttl.Milliseconds(), 1)).Int()
+	var wrote int
+	err = n.do(func() (err error) {
+		wrote, err = fillLeasedScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, b, max(ttl.Milliseconds(), 1)).Int()
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("remote fill %q on %s: %w", key, n.name, err)
 	}
@@ -123,8 +131,12 @@ func (r *Redis) TryLease(ctx context.Context, idx int, key, token string, ttl, t
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	won, err := refreshLeaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)},
-		token, max(ttl.Milliseconds(), 1), threshold.Milliseconds()).Int()
+	var won int
+	err = n.do(func() (err error) {
+		won, err = refreshLeaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)},
+			token, max(ttl.Milliseconds(), 1), threshold.Milliseconds()).Int()
+		return err
+	})
 	if err != nil {
 		return false, fmt.Errorf("remote lease %q on %s: %w", key, n.name, err)
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 )
 
 // ErrMiss reports that Redis holds no value for a key.
@@ -46,6 +47,8 @@ type Config struct {
 	Picker    Picker        // required when len(Nodes) > 1
 	Namespace string        // key prefix; must not contain '{' or '}'
 	Timeout   time.Duration // bound on each call to one node
+	// OnBreakerOpen, if set, is called when a node's circuit breaker opens.
+	OnBreakerOpen func(node int)
 }
 
 // Redis is the shared tier over Redis. It is safe for concurrent use.
@@ -63,6 +66,49 @@ type node struct {
 	name    string
 	c       redis.UniversalClient
 	cluster bool // MGET across slots is not allowed: pipeline GETs instead
+	cb      *gobreaker.CircuitBreaker[struct{}]
+}
+
+// The per-node circuit breaker (github.com/sony/gobreaker/v2): after BreakerTrips
+// consecutive calls that fail without an answer from Redis (timeouts, refused or
+// reset connections), calls to the node fail at once with ErrNodeUnavailable for
+// BreakerOpenFor; then one probe call is let through, and its success closes the
+// breaker. A reply from Redis, even an error reply or a miss, counts as a success.
+const (
+	BreakerTrips   = 3
+	BreakerOpenFor = time.Second
+)
+
+// ErrNodeUnavailable is returned, wrapped, for calls to a node whose breaker is open.
+var ErrNodeUnavailable = errors.New("remote: node unavailable (circuit breaker open)")
+
+func newBreaker(name string, onOpen func()) *gobreaker.CircuitBreaker[struct{}] {
+	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= BreakerTrips },
+		IsSuccessful: func(err error) bool {
+			var reply redis.Error // the node answered
+			return err == nil || errors.Is(err, redis.Nil) || errors.As(err, &reply)
+		},
+		// A caller that gave up says nothing about the node.
+		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if to == gobreaker.StateOpen && onOpen != nil {
+				onOpen()
+			}
+		},
+	})
+}
+
+// do runs op through the node's breaker.
+func (n node) do(op func() error) error {
+	_, err := n.cb.Execute(func() (struct{}, error) { return struct{}{}, op() })
+	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+		return fmt.Errorf("%w: %s", ErrNodeUnavailable, n.name)
+	}
+	return err
 }
 
 // New checks cfg and returns the shared tier. It does not contact Redis.
@@ -85,7 +131,7 @@ func New(cfg Config) (*Redis, error) {
 		seqKey:   cfg.Namespace + ":invalidate:seq",
 		epochKey: cfg.Namespace + ":invalidate:epoch",
 	}
-	for _, n := range cfg.Nodes {
+	for i, n := range cfg.Nodes {
 		if n.Client == nil {
 			return nil, fmt.Errorf("remote: node %q has a nil client", n.Name)
 		}
@@ -93,7 +139,11 @@ func New(cfg Config) (*Redis, error) {
 			return nil, err
 		}
 		_, cluster := n.Client.(*redis.ClusterClient)
-		r.nodes = append(r.nodes, node{name: n.Name, c: n.Client, cluster: cluster})
+		var onOpen func()
+		if cfg.OnBreakerOpen != nil {
+			onOpen = func() { cfg.OnBreakerOpen(i) }
+		}
+		r.nodes = append(r.nodes, node{name: n.Name, c: n.Client, cluster: cluster, cb: newBreaker(n.Name, onOpen)})
 	}
 	return r, nil
 }
@@ -152,7 +202,11 @@ func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	b, err := n.c.Get(ctx, r.Key(key)).Bytes()
+	var b []byte
+	err = n.do(func() (err error) {
+		b, err = n.c.Get(ctx, r.Key(key)).Bytes()
+		return err
+	})
 	switch {
 	case err == nil:
 		return b, nil
@@ -186,11 +240,12 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	ms := max(ttl.Milliseconds(), 1)
-	if n.cluster {
-		err = clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
-	} else {
-		err = setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
-	}
+	err = n.do(func() error {
+		if n.cluster {
+			return clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
+		}
+		return setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
+	})
 	if err != nil {
 		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
 	}
@@ -212,11 +267,12 @@ func (r *Redis) set(ctx context.Context, idx int, key string, b []byte, ttl time
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	if nx {
-		err = n.c.SetNX(ctx, r.Key(key), b, ttl).Err()
-	} else {
-		err = n.c.Set(ctx, r.Key(key), b, ttl).Err()
-	}
+	err = n.do(func() error {
+		if nx {
+			return n.c.SetNX(ctx, r.Key(key), b, ttl).Err()
+		}
+		return n.c.Set(ctx, r.Key(key), b, ttl).Err()
+	})
 	if err != nil {
 		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
 	}
@@ -320,7 +376,7 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 			n := r.nodes[idx]
 			ctx, cancel := context.WithTimeout(ctx, r.timeout)
 			defer cancel()
-			if err := fn(ctx, n, batch); err != nil {
+			if err := n.do(func() error { return fn(ctx, n, batch) }); err != nil {
 				err = fmt.Errorf("remote batch of %d keys on %s: %w", len(batch), n.name, err)
 				for _, it := range batch {
 					it.Err = err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -165,5 +166,72 @@ func TestWritesPublishInOrder(t *testing.T) {
 	}
 	if parts := strings.SplitN(m.Payload, "|", 3); parts[0] == epoch || parts[1] != "1" {
 		t.Fatalf("after data loss: %q, want a new epoch and sequence 1", m.Payload)
+	}
+}
+
+// A hung node costs the per-call timeout BreakerTrips times; then its breaker opens
+// and calls fail at once; after BreakerOpenFor a probe finds it back.
+func TestBreakerFailsFastThenRecovers(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	const timeout = 100 * time.Millisecond
+	opened := make(chan int, 1)
+	r, err := remote.New(remote.Config{
+		Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout,
+		OnBreakerOpen: func(node int) { opened <- node },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) { // a miss is a success
+		t.Fatal(err)
+	}
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var slow, fast []time.Duration
+	for i := range 20 {
+		start := time.Now()
+		_, err := r.Get(ctx, 0, "k")
+		took := time.Since(start)
+		if err == nil {
+			t.Fatal("Get on a hung node succeeded")
+		}
+		if i < remote.BreakerTrips {
+			slow = append(slow, took)
+		} else {
+			if !errors.Is(err, remote.ErrNodeUnavailable) {
+				t.Fatalf("call %d: %v, want ErrNodeUnavailable once the breaker is open", i, err)
+			}
+			fast = append(fast, took)
+		}
+	}
+	select {
+	case <-opened:
+	default:
+		t.Fatal("OnBreakerOpen was not called")
+	}
+	t.Logf("hung node: first %d calls took %v (timeout %v); then %d calls failing fast, slowest %v", len(slow), slow, timeout, len(fast), slices.Max(fast))
+	for _, d := range slow {
+		if d > timeout+50*time.Millisecond {
+			t.Errorf("a call took %v, beyond the %v timeout", d, timeout)
+		}
+	}
+	if m := slices.Max(fast); m > 20*time.Millisecond {
+		t.Errorf("an open breaker took %v to fail", m)
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(remote.BreakerOpenFor + 5*time.Second)
+	for {
+		_, err := r.Get(ctx, 0, "k")
+		if errors.Is(err, remote.ErrMiss) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node never came back: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval
 	}
 }
