@@ -24,7 +24,8 @@
 // near-cache. Absence
 // (ErrNotFound from the Loader) is cached too, for Options.NegativeTTL. A shared
 // tier that fails or times out (Options.Timeout) is counted in Stats, logged, and
-// bypassed: the Loader answers. Loader errors are never cached; panics become a
+// bypassed: the Loader answers. After three consecutive failures a node's circuit
+// breaker opens and its calls fail at once for a second (package remote). Loader errors are never cached; panics become a
 // *PanicError. GetMany does the same for many keys with one round trip per node.
 //
 // # Write path
