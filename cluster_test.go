@@ -170,3 +170,62 @@ func TestCloseReleasesConnections(t *testing.T) {
 	}
 	waitFor(t, "the connections to close", func() bool { return count() == baseline })
 }
+
+// Close while calls are in flight: every call returns (a value, or ErrClosed, or the
+// cancelled load's error), nothing panics, Close waits for them, and no goroutine
+// outlives it (goleak, in TestMain).
+func TestCloseWhileCallsInFlight(t *testing.T) {
+	servers := redistest.Start(t, 3)
+	o := ringOpts[string](t, servers)
+	o.RefreshAhead = 0.5
+	o.Loader = LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		select {
+		case <-time.After(5 * time.Millisecond):
+			return "v", nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	})
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var calls atomic.Int64
+	stop := make(chan struct{})
+	for g := range 16 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				k := fmt.Sprint("k", g, ":", i%50)
+				var err error
+				switch i % 4 {
+				case 0, 1:
+					_, err = c.Get(ctx, k)
+				case 2:
+					err = c.Set(ctx, k, "w")
+				case 3:
+					_, err = c.GetMany(ctx, []string{k, k + "x"})
+				}
+				calls.Add(1)
+				if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), "closed") {
+					t.Errorf("call during Close: %v", err)
+				}
+			}
+		})
+	}
+	waitFor(t, "calls to be in flight", func() bool { return calls.Load() > 200 })
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "after"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Get after Close = %v, want ErrClosed", err)
+	}
+	close(stop)
+	wg.Wait()
+}
