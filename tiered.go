@@ -37,6 +37,8 @@ type Cache[V any] struct {
 	stats   counters
 	owned   []io.Closer // clients created from Options.Addrs
 	origin  string      // this Cache's id in invalidation messages
+	// localOnly is set when there is no shared tier: a Set then exists only in the near-cache.
+	localOnly bool
 
 	// Test hooks, nil outside tests: called between a fill's read (of the shared
 	// tier, or of the Loader) and its store into the near-cache.
@@ -118,6 +120,7 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 		c.closeOwned()
 		return nil, err
 	}
+	_, c.localOnly = c.shared.(noShared)
 	c.local, err = local.New[V](local.Config{MaxCost: o.LocalMaxCost})
 	if err != nil {
 		c.closeOwned()
@@ -451,9 +454,8 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		c.local.Invalidate(h)
 		return fmt.Errorf("tiered: set %q: %w", key, err)
 	}
-	_, localOnly := c.shared.(noShared)
-	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), c.refreshIn(ttl), localOnly)
-	if !localOnly {
+	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), c.refreshIn(ttl), c.localOnly)
+	if !c.localOnly {
 		c.stats.invalidationsSent.Add(1)
 	}
 	return nil
@@ -490,7 +492,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	if err != nil {
 		return fmt.Errorf("tiered: delete: %w", err)
 	}
-	if _, localOnly := c.shared.(noShared); !localOnly {
+	if !c.localOnly {
 		c.stats.invalidationsSent.Add(1)
 	}
 	return nil
