@@ -336,27 +336,37 @@ func flightKey(key string, f local.Fence) string {
 // readShared reads key from the shared tier and, on a hit, fills the near-cache.
 func (c *Cache[V]) readShared(ctx context.Context, key string, node int, f local.Fence) shared[V] {
 	b, err := c.shared.Get(ctx, node, key)
+	sr, ttl := c.classify(key, b, err)
+	if sr.hit {
+		if c.afterSharedRead != nil {
+			c.afterSharedRead(key)
+		}
+		c.storeLocal(f, key, sr.v, sr.absent, int64(len(b)), ttl)
+	}
+	return sr
+}
+
+// classify turns the outcome of a shared-tier read of key (its bytes, or the error)
+// into a hit with its time left, a miss, undecodable bytes or a failed node, and
+// counts and logs it. Get and GetMany share it.
+func (c *Cache[V]) classify(key string, b []byte, err error) (shared[V], time.Duration) {
 	switch {
 	case err == nil:
 		v, absent, ttl, derr := c.decode(b)
 		if derr == nil {
 			c.stats.remoteHits.Add(1)
-			if c.afterSharedRead != nil {
-				c.afterSharedRead(key)
-			}
-			c.storeLocal(f, key, v, absent, int64(len(b)), ttl)
-			return shared[V]{flight: flight[V]{v: v, absent: absent}, hit: true}
+			return shared[V]{flight: flight[V]{v: v, absent: absent}, hit: true}, ttl
 		}
 		c.stats.decodeErrors.Add(1)
 		c.opts.Logger.Warn("tiered: undecodable value in the shared tier; reloading", "key", key, "err", derr)
-		return shared[V]{corrupt: true}
+		return shared[V]{corrupt: true}, 0
 	case errors.Is(err, remote.ErrMiss):
 		c.stats.remoteMisses.Add(1)
-		return shared[V]{}
+		return shared[V]{}, 0
 	default:
 		c.stats.remoteErrors.Add(1)
 		c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", key, "err", err)
-		return shared[V]{failed: true}
+		return shared[V]{failed: true}, 0
 	}
 }
 
@@ -550,26 +560,16 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	c.shared.GetMany(ctx, items)
 	var toLoad []remote.Item // Val unset; Err marks a node that failed
 	for _, it := range items {
-		switch {
-		case it.Err == nil:
-			v, absent, ttl, err := c.decode(it.Val)
-			if err == nil {
-				c.stats.remoteHits.Add(1)
-				c.storeLocal(misses[it.Key].f, it.Key, v, absent, int64(len(it.Val)), ttl)
-				if !absent {
-					out[it.Key] = v
-				}
-				continue
+		sr, ttl := c.classify(it.Key, it.Val, it.Err)
+		if sr.hit {
+			c.storeLocal(misses[it.Key].f, it.Key, sr.v, sr.absent, int64(len(it.Val)), ttl)
+			if !sr.absent {
+				out[it.Key] = sr.v
 			}
-			c.stats.decodeErrors.Add(1)
-			c.opts.Logger.Warn("tiered: undecodable value in the shared tier; reloading", "key", it.Key, "err", err)
-			it.Err = nil
-		case errors.Is(it.Err, remote.ErrMiss):
-			c.stats.remoteMisses.Add(1)
-			it.Err = nil
-		default:
-			c.stats.remoteErrors.Add(1)
-			c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", it.Key, "err", it.Err)
+			continue
+		}
+		if !sr.failed {
+			it.Err = nil // load and fill; a non-nil Err keeps the failed node out of the fill
 		}
 		it.Val = nil
 		toLoad = append(toLoad, it)
