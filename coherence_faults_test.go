@@ -873,8 +873,13 @@ func TestC4BlackHole(t *testing.T) {
 	if window.maxAge > hc+timeout+margin {
 		t.Errorf("a read of X's keys before detection was %v stale, more than the detection bound %v", window.maxAge, hc+timeout+margin)
 	}
-	if hole.staleAny > 0 {
-		t.Errorf("%d reads of X's keys after B marked X down returned a value older than an acknowledged write", hole.staleAny)
+	// While X is down no invalidation can reach B, so a Get may join a load of the key
+	// already in flight, whose Loader read the source just before a write: such a read
+	// is older than that write by at most one load (its shared-tier read is bounded by
+	// Timeout, or fails at once once the breaker is open). Nothing older may appear.
+	if hole.maxAge > timeout+margin {
+		t.Errorf("a read of X's keys after B marked X down was %v older than an acknowledged write, more than one load (%v); %d such reads in all",
+			hole.maxAge, timeout+margin, hole.staleAny)
 	}
 	if before.stale+holeOthers.stale+after.stale > 0 {
 		t.Errorf("stale reads by more than Δ=%v: %d before the cut, %d of other nodes' keys in the black hole, %d after heal",
