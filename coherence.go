@@ -47,12 +47,15 @@ func (h busHandler[V]) Down(node int) {
 func (h busHandler[V]) Up(node int) {
 	h.c.stats.flushesResubscribe.Add(1)
 	h.c.local.MarkUp(node)
+	h.c.kickRepair() // the node answers: replay what it missed
 }
 
 func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
 	switch cause {
 	case invalidation.CauseEpoch:
 		h.c.stats.flushesEpoch.Add(1)
+	case invalidation.CauseCleared:
+		h.c.stats.flushesCleared.Add(1)
 	default:
 		h.c.stats.flushesGap.Add(1)
 	}

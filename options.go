@@ -109,6 +109,13 @@ type Options[V any] struct {
 	// BatchLoader. Default 16.
 	LoadConcurrency int
 
+	// MissedDeletes bounds, per node, the keys remembered for a Set or Delete that
+	// could not be confirmed there (a node down, hung or flapping). The node serves no
+	// reads until those keys are deleted there, with their invalidations, as soon as it
+	// answers again; past this bound the node's keys in Namespace are all cleared
+	// (SCAN + UNLINK) instead. Default 10000.
+	MissedDeletes int
+
 	// MaxKeySize is the longest key accepted, in bytes. Default 1 KiB.
 	MaxKeySize int
 
@@ -151,6 +158,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	setDefault(&o.RefreshWorkers, 4)
 	setDefault(&o.LoadConcurrency, 16)
 	setDefault(&o.MaxKeySize, 1024)
+	setDefault(&o.MissedDeletes, 10000)
 	setDefault(&o.MaxValueSize, 1<<20)
 	if o.Codec == nil {
 		o.Codec = defaultCodec[V]()
@@ -171,7 +179,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 		return o, fmt.Errorf("tiered: Jitter %v must be below 1", o.Jitter)
 	case o.RefreshAhead < 0 || o.RefreshAhead >= 1:
 		return o, fmt.Errorf("tiered: RefreshAhead %v must be in [0, 1)", o.RefreshAhead)
-	case o.LocalMaxCost < 0 || o.MaxKeySize < 0 || o.MaxValueSize < 0 || o.LoadConcurrency < 0 || o.RefreshWorkers < 0:
+	case o.LocalMaxCost < 0 || o.MaxKeySize < 0 || o.MaxValueSize < 0 || o.LoadConcurrency < 0 || o.RefreshWorkers < 0 || o.MissedDeletes < 0:
 		return o, errors.New("tiered: sizes and limits must not be negative")
 	}
 	return o, nil

@@ -29,15 +29,22 @@ type Stats struct {
 	RefreshesSkipped uint64 // refreshes not queued because the workers were saturated
 
 	// Coherence (see the package documentation).
-	InvalidationsSent     uint64        // writes (Set, Delete per node) whose invalidation was published
-	InvalidationsReceived uint64        // messages from other processes applied to the near-cache
-	KeysInvalidated       uint64        // keys those messages evicted
-	SubscriptionsLost     uint64        // times a node's subscription was lost: its keys bypassed the near-cache until FlushesResubscribe
-	FlushesResubscribe    uint64        // node flushes on a (re)subscription, including the first
-	FlushesGap            uint64        // node flushes on a gap in a node's sequence (a lost message)
-	FlushesEpoch          uint64        // node flushes on a new node epoch (restart or failover)
-	DeliveryLagMax        time.Duration // longest writer-to-eviction delay seen (writer's clock to ours)
-	DeliveryLagMean       time.Duration // mean of the same
+	InvalidationsSent     uint64 // writes (Set, Delete per node) whose invalidation was published
+	InvalidationsReceived uint64 // messages from other processes applied to the near-cache
+	KeysInvalidated       uint64 // keys those messages evicted
+	SubscriptionsLost     uint64 // times a node's subscription was lost: its keys bypassed the near-cache until FlushesResubscribe
+	FlushesResubscribe    uint64 // node flushes on a (re)subscription, including the first
+	FlushesGap            uint64 // node flushes on a gap in a node's sequence (a lost message)
+	FlushesEpoch          uint64 // node flushes on a new node epoch (restart or failover)
+	FlushesCleared        uint64 // node flushes because a process cleared the node's keys
+
+	// Faults and membership (see Options.MissedDeletes, AddNode, RemoveNode).
+	WritesReplayed  uint64 // keys deleted on a node after a Set or Delete there could not be confirmed
+	NodesCleared    uint64 // nodes this process cleared of the namespace's keys (missed writes overflowed, or AddNode)
+	NodesAdded      uint64
+	NodesRemoved    uint64
+	DeliveryLagMax  time.Duration // longest writer-to-eviction delay seen (writer's clock to ours)
+	DeliveryLagMean time.Duration // mean of the same
 }
 
 // hitStripes spreads the near-hit counter over padded cache lines, so that hits on
@@ -59,6 +66,8 @@ type counters struct {
 
 	invalidationsSent, invalidationsReceived, keysInvalidated atomic.Uint64
 	nodeDowns, flushesResubscribe, flushesGap, flushesEpoch   atomic.Uint64
+	flushesCleared, writesReplayed, nodesCleared              atomic.Uint64
+	nodesAdded, nodesRemoved                                  atomic.Uint64
 	lagSumUs, lagMaxUs                                        atomic.Int64
 }
 
@@ -96,6 +105,11 @@ func (s *counters) snapshot() Stats {
 		FlushesResubscribe:    s.flushesResubscribe.Load(),
 		FlushesGap:            s.flushesGap.Load(),
 		FlushesEpoch:          s.flushesEpoch.Load(),
+		FlushesCleared:        s.flushesCleared.Load(),
+		WritesReplayed:        s.writesReplayed.Load(),
+		NodesCleared:          s.nodesCleared.Load(),
+		NodesAdded:            s.nodesAdded.Load(),
+		NodesRemoved:          s.nodesRemoved.Load(),
 		DeliveryLagMax:        time.Duration(s.lagMaxUs.Load()) * time.Microsecond,
 	}
 	if n := st.InvalidationsReceived; n > 0 {

@@ -35,8 +35,7 @@ type Cache[V any] struct {
 	// arrive during a load join it without reading the shared tier first.
 	loading sync.Map
 	stats   counters
-	owned   []io.Closer // clients created from Options.Addrs
-	origin  string      // this Cache's id in invalidation messages
+	origin  string // this Cache's id in invalidation messages
 	// localOnly is set when there is no shared tier: a Set then exists only in the near-cache.
 	localOnly bool
 
@@ -46,8 +45,19 @@ type Cache[V any] struct {
 	// afterInvalidate is called when a message from another process was applied
 	// (atomic: the subscriber goroutines read it while tests set it).
 	afterInvalidate atomic.Pointer[func(m *invalidation.Message)]
-	subs            []*invalidation.Subscriber
 	refreshes       chan string // keys whose refresh-ahead is due, for the refresh workers
+
+	// Membership (membership.go). ring is nil unless the shared tier is a ring of
+	// standalone nodes (Options.Nodes or Options.Addrs).
+	ring        *ring.Ring
+	memberMu    sync.Mutex                 // serialises AddNode and RemoveNode
+	handoff     atomic.Pointer[handoff]    // the membership before the last change
+	ownedByNode sync.Map                   // node index -> io.Closer: clients the Cache created
+	subsMu      sync.Mutex                 // protects subs
+	subs        []*invalidation.Subscriber // by node index
+	retiredMu   sync.Mutex                 // protects retired
+	retired     []retired                  // removed nodes in their handoff
+	kick        chan struct{}              // wakes the repair loop
 
 	closed  atomic.Bool
 	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait
@@ -127,8 +137,11 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 		return nil, err
 	}
 	c.closing, c.cancel = context.WithCancel(context.Background())
+	c.kick = make(chan struct{}, 1)
 	if r, ok := c.shared.(*remote.Redis); ok {
 		c.subscribe(r)
+		c.wg.Add(1)
+		go c.repairLoop(r)
 	}
 	c.startRefreshers()
 	return c, nil
@@ -138,23 +151,48 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 // bypass the near-cache) until its subscription is confirmed; New waits up to
 // Options.Timeout for that, so that a Cache is usually fully warm-able on return.
 func (c *Cache[V]) subscribe(r *remote.Redis) {
-	h := busHandler[V]{c}
+	var subs []*invalidation.Subscriber
 	for i := range r.Nodes() {
-		c.local.MarkDown(i)
-		c.subs = append(c.subs, invalidation.Start(invalidation.Config{
-			Node: i, Client: r.Client(i), Channel: r.Channel(), Origin: c.origin, Handler: h,
-			Health: c.opts.HealthCheck, Timeout: c.opts.Timeout, Logger: c.opts.Logger,
-		}))
+		subs = append(subs, c.startSubscriber(r, i))
 	}
 	deadline := time.NewTimer(c.opts.Timeout)
 	defer deadline.Stop()
-	for _, s := range c.subs {
+	for _, s := range subs {
 		select {
 		case <-s.Ready():
 		case <-deadline.C:
 			return
 		}
 	}
+}
+
+// startSubscriber marks node idx down and starts following its invalidations.
+func (c *Cache[V]) startSubscriber(r *remote.Redis, idx int) *invalidation.Subscriber {
+	c.local.MarkDown(idx)
+	s := invalidation.Start(invalidation.Config{
+		Node: idx, Client: r.Client(idx), Channel: r.Channel(), Origin: c.origin, Handler: busHandler[V]{c},
+		Health: c.opts.HealthCheck, Timeout: c.opts.Timeout, Logger: c.opts.Logger,
+	})
+	c.subsMu.Lock()
+	defer c.subsMu.Unlock()
+	for len(c.subs) <= idx {
+		c.subs = append(c.subs, nil)
+	}
+	c.subs[idx] = s
+	return s
+}
+
+// newClient returns a client for a node given by address (Options.Addrs, AddNode).
+func (c *Cache[V]) newClient(addr string) *redis.Client {
+	o := c.opts
+	return redis.NewClient(&redis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1, // the Loader is the fallback; retries only add latency
+		DialTimeout:           max(o.Timeout, time.Second),
+		ReadTimeout:           o.Timeout,
+		WriteTimeout:          o.Timeout,
+	})
 }
 
 func (c *Cache[V]) newShared() (sharedTier, error) {
@@ -171,37 +209,31 @@ func (c *Cache[V]) newShared() (sharedTier, error) {
 			nodes = append(nodes, remote.Node{Name: n.Name, Client: n.Client})
 		}
 	case len(o.Addrs) > 0:
-		for _, addr := range o.Addrs {
-			cl := redis.NewClient(&redis.Options{
-				Addr:                  addr,
-				ContextTimeoutEnabled: true,
-				MaxRetries:            -1, // the Loader is the fallback; retries only add latency
-				DialTimeout:           max(o.Timeout, time.Second),
-				ReadTimeout:           o.Timeout,
-				WriteTimeout:          o.Timeout,
-			})
-			c.owned = append(c.owned, cl)
+		for i, addr := range o.Addrs {
+			cl := c.newClient(addr)
+			c.ownedByNode.Store(i, cl)
 			nodes = append(nodes, remote.Node{Name: addr, Client: cl})
 		}
 	default:
 		return noShared{}, nil
 	}
-	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout,
+	var r *remote.Redis
+	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes,
 		OnBreakerOpen: func(node int) {
 			c.stats.breakerOpens.Add(1)
-			o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", nodes[node].Name)
+			o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", r.Name(node))
 		},
 	}
-	if len(nodes) > 1 {
+	if o.Client == nil { // a ring, even of one node, so that nodes can be added
 		names := make([]string, len(nodes))
 		for i, n := range nodes {
 			names[i] = n.Name
 		}
-		r, err := ring.New(names, o.RingReplicas)
+		rg, err := ring.New(names, o.RingReplicas)
 		if err != nil {
 			return nil, fmt.Errorf("tiered: %w", err)
 		}
-		cfg.Picker = r
+		cfg.Picker, c.ring = rg, rg
 	}
 	r, err := remote.New(cfg)
 	if err != nil {
@@ -464,6 +496,10 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		c.local.Invalidate(h)
 		return fmt.Errorf("tiered: set %q: %w", key, err)
 	}
+	if prev, moved := c.handoffOwner(key, node); moved {
+		// Best effort: a failure is remembered and replayed (see membership.go).
+		_ = c.shared.Del(ctx, []remote.Item{{Key: key, Node: prev}}, func(keys []string) []byte { return msg })
+	}
 	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), c.refreshIn(ttl), c.localOnly)
 	if !c.localOnly {
 		c.stats.invalidationsSent.Add(1)
@@ -487,13 +523,19 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	}
 	defer c.wg.Done()
 	items := make([]remote.Item, len(keys))
+	var handoffs []remote.Item // the previous owners of moved keys (membership.go)
 	for i, k := range keys {
 		items[i] = remote.Item{Key: k, Node: c.shared.Owner(k)}
+		if prev, moved := c.handoffOwner(k, items[i].Node); moved {
+			handoffs = append(handoffs, remote.Item{Key: k, Node: prev})
+		}
 	}
 	sent := time.Now().UnixMicro()
-	err := c.shared.Del(ctx, items, func(keys []string) []byte {
-		return invalidation.AppendPayload(nil, c.origin, sent, keys)
-	})
+	payload := func(keys []string) []byte { return invalidation.AppendPayload(nil, c.origin, sent, keys) }
+	err := c.shared.Del(ctx, items, payload)
+	if len(handoffs) > 0 {
+		_ = c.shared.Del(ctx, handoffs, payload) // best effort: failures are remembered and replayed
+	}
 	// Invalidate after the shared tier's delete, so that a fill that read the old
 	// value before it cannot store it (its fence predates this bump).
 	for _, k := range keys {
@@ -682,11 +724,19 @@ func (c *Cache[V]) Close() error {
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
-	for _, s := range c.subs {
-		s.Cancel()
+	c.subsMu.Lock()
+	subs := c.subs
+	c.subsMu.Unlock()
+	for _, s := range subs {
+		if s != nil {
+			s.Cancel()
+		}
 	}
-	for _, s := range c.subs {
-		s.Stop()
+	c.retire(true)
+	for _, s := range subs {
+		if s != nil {
+			s.Stop()
+		}
 	}
 	c.local.Close()
 	err := c.closeOwned()
@@ -696,11 +746,13 @@ func (c *Cache[V]) Close() error {
 
 func (c *Cache[V]) closeOwned() error {
 	var errs []error
-	for _, cl := range c.owned {
-		if err := cl.Close(); err != nil {
+	c.ownedByNode.Range(func(idx, cl any) bool {
+		if err := cl.(io.Closer).Close(); err != nil {
 			errs = append(errs, err)
 		}
-	}
+		c.ownedByNode.Delete(idx)
+		return true
+	})
 	return errors.Join(errs...)
 }
 

@@ -30,13 +30,14 @@ type Message struct {
 	Seq    uint64   // the node's invalidation sequence number, 1, 2, 3, ... within an epoch
 	Origin string   // the id of the cache that wrote (it has already evicted its own copy)
 	SentUs int64    // the writer's clock at the write, Unix microseconds (for delivery lag)
-	Keys   []string // the keys written or deleted
+	Keys   []string // the keys written or deleted; none: flush all of the node's entries
 }
 
 // The wire format is "<epoch>|<seq>|<payload>": the script on the node prefixes the
 // epoch and the sequence number it assigns to the payload the writer built with
 // AppendPayload: "<origin>|<sentUs>|" followed by each key as a uvarint length and
-// its bytes, so keys may hold any byte.
+// its bytes, so keys may hold any byte. A payload with no keys means "flush": the
+// node's keys were cleared wholesale (see remote.Redis.Replay).
 
 // AppendPayload appends the writer's part of a message to dst.
 func AppendPayload(dst []byte, origin string, sentUs int64, keys []string) []byte {
@@ -87,9 +88,6 @@ func Parse(s string) (Message, error) {
 		}
 		m.Keys = append(m.Keys, string(b[w:w+int(n)]))
 		b = b[w+int(n):]
-	}
-	if len(m.Keys) == 0 {
-		return m, fmt.Errorf("%w: no keys", ErrMalformed)
 	}
 	return m, nil
 }

@@ -24,13 +24,23 @@ func TestMessageRoundTrip(t *testing.T) {
 func TestParseRejects(t *testing.T) {
 	good := string(AppendPayload(nil, "o", 1, []string{"k"}))
 	for _, s := range []string{
-		"", "epoch-only", "e|notanumber|" + good, "e|1|o", "e|1|o|x|k", "e|1|o|1|",
+		"", "epoch-only", "e|notanumber|" + good, "e|1|o", "e|1|o|x|k",
 		"e|1|o|1|\x05ab", // key length past the end
 		"|1|" + good,
 	} {
 		if _, err := Parse(s); !errors.Is(err, ErrMalformed) {
 			t.Errorf("Parse(%q) = %v, want ErrMalformed", s, err)
 		}
+	}
+}
+
+func TestFlushMessage(t *testing.T) {
+	m, err := Parse("e|3|" + string(AppendPayload(nil, "o", 7, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Keys) != 0 || m.Seq != 3 || m.Origin != "o" {
+		t.Fatalf("flush message parsed as %+v", m)
 	}
 }
 

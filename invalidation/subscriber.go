@@ -18,6 +18,7 @@ const (
 	CauseResubscribe Cause = iota // a (re)subscription: messages may have been lost while unsubscribed
 	CauseGap                      // a gap in the node's sequence numbers: a message was lost
 	CauseEpoch                    // a new epoch: the node restarted or failed over
+	CauseCleared                  // the node's keys were cleared (a flush message)
 )
 
 func (c Cause) String() string {
@@ -28,6 +29,8 @@ func (c Cause) String() string {
 		return "sequence gap"
 	case CauseEpoch:
 		return "new epoch"
+	case CauseCleared:
+		return "cleared"
 	}
 	return "unknown"
 }
@@ -43,7 +46,8 @@ type Handler interface {
 	// Up reports a confirmed subscription after Down (or at start): flush the
 	// node's entries, then serve and store them again.
 	Up(node int)
-	// Flush reports a lost message (CauseGap) or a restarted node (CauseEpoch).
+	// Flush reports a lost message (CauseGap), a restarted node (CauseEpoch) or a
+	// node whose keys were cleared (CauseCleared).
 	Flush(node int, cause Cause)
 }
 
@@ -212,6 +216,10 @@ func (s *Subscriber) handle(payload string) {
 		s.cfg.Handler.Flush(s.cfg.Node, CauseGap)
 	}
 	s.epoch, s.seq = m.Epoch, m.Seq
+	if len(m.Keys) == 0 {
+		s.cfg.Handler.Flush(s.cfg.Node, CauseCleared) // every process, the sender's too
+		return
+	}
 	if m.Origin != s.cfg.Origin {
 		s.cfg.Handler.Invalidate(s.cfg.Node, &m)
 	}

@@ -59,7 +59,7 @@ func NewToken() string {
 // Lease looks key up once more and, if it is still missing, tries to take its lease
 // with token for ttl.
 func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.Duration) ([]byte, LeaseState, error) {
-	n, err := r.node(idx)
+	n, err := r.readable(idx)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -125,7 +125,7 @@ return 0
 // value's time left in Redis is at most threshold (nobody refreshed it yet) and no one
 // holds the lease. It reports whether it won.
 func (r *Redis) TryLease(ctx context.Context, idx int, key, token string, ttl, threshold time.Duration) (bool, error) {
-	n, err := r.node(idx)
+	n, err := r.readable(idx)
 	if err != nil {
 		return false, err
 	}

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -49,12 +50,21 @@ type Config struct {
 	Timeout   time.Duration // bound on each call to one node
 	// OnBreakerOpen, if set, is called when a node's circuit breaker opens.
 	OnBreakerOpen func(node int)
+	// MissedDeletes bounds the keys remembered per node for a write that could not
+	// be confirmed there (see Replay). Default DefaultMissedDeletes.
+	MissedDeletes int
 }
+
+// DefaultMissedDeletes is the default of Config.MissedDeletes.
+const DefaultMissedDeletes = 10000
 
 // Redis is the shared tier over Redis. It is safe for concurrent use.
 type Redis struct {
-	nodes    []node
+	nodes    atomic.Pointer[[]*node] // by index; append-only, replaced whole (AddNode)
+	addMu    sync.Mutex              // serialises AddNode
 	pick     Picker
+	onOpen   func(node int)
+	maxMiss  int
 	prefix   string
 	timeout  time.Duration
 	channel  string // invalidation channel
@@ -67,6 +77,15 @@ type node struct {
 	c       redis.UniversalClient
 	cluster bool // MGET across slots is not allowed: pipeline GETs instead
 	cb      *gobreaker.CircuitBreaker[struct{}]
+
+	// Writes that could not be confirmed on the node (see Replay). While any is
+	// unapplied, reads of the node fail with ErrNodeUnavailable.
+	unsynced atomic.Bool
+	replayMu sync.Mutex        // serialises Replay
+	mu       sync.Mutex        // protects missed, dirty, failures
+	missed   map[string]uint64 // key -> failures when it was (last) remembered
+	dirty    bool              // missed overflowed: clear the whole namespace
+	failures uint64            // writes that failed on the node, ever
 }
 
 // The per-node circuit breaker (github.com/sony/gobreaker/v2): after BreakerTrips
@@ -103,7 +122,7 @@ func newBreaker(name string, onOpen func()) *gobreaker.CircuitBreaker[struct{}] 
 }
 
 // do runs op through the node's breaker.
-func (n node) do(op func() error) error {
+func (n *node) do(op func() error) error {
 	_, err := n.cb.Execute(func() (struct{}, error) { return struct{}{}, op() })
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
 		return fmt.Errorf("%w: %s", ErrNodeUnavailable, n.name)
@@ -127,25 +146,45 @@ func New(cfg Config) (*Redis, error) {
 	}
 	r := &Redis{
 		pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout,
+		onOpen: cfg.OnBreakerOpen, maxMiss: cfg.MissedDeletes,
 		channel:  cfg.Namespace + ":invalidate",
 		seqKey:   cfg.Namespace + ":invalidate:seq",
 		epochKey: cfg.Namespace + ":invalidate:epoch",
 	}
-	for i, n := range cfg.Nodes {
-		if n.Client == nil {
-			return nil, fmt.Errorf("remote: node %q has a nil client", n.Name)
-		}
-		if err := checkClient(n.Name, n.Client); err != nil {
+	if r.maxMiss <= 0 {
+		r.maxMiss = DefaultMissedDeletes
+	}
+	r.nodes.Store(new([]*node))
+	for _, n := range cfg.Nodes {
+		if _, err := r.AddNode(n); err != nil {
 			return nil, err
 		}
-		_, cluster := n.Client.(*redis.ClusterClient)
-		var onOpen func()
-		if cfg.OnBreakerOpen != nil {
-			onOpen = func() { cfg.OnBreakerOpen(i) }
-		}
-		r.nodes = append(r.nodes, node{name: n.Name, c: n.Client, cluster: cluster, cb: newBreaker(n.Name, onOpen)})
 	}
 	return r, nil
+}
+
+// AddNode appends a node and returns its index, which is the number of nodes added
+// before it: indexes are never reused. Add a node here before a Picker may return
+// its index.
+func (r *Redis) AddNode(n Node) (int, error) {
+	if n.Client == nil {
+		return 0, fmt.Errorf("remote: node %q has a nil client", n.Name)
+	}
+	if err := checkClient(n.Name, n.Client); err != nil {
+		return 0, err
+	}
+	r.addMu.Lock()
+	defer r.addMu.Unlock()
+	old := *r.nodes.Load()
+	idx := len(old)
+	_, cluster := n.Client.(*redis.ClusterClient)
+	var onOpen func()
+	if r.onOpen != nil {
+		onOpen = func() { r.onOpen(idx) }
+	}
+	nodes := append(old[:len(old):len(old)], &node{name: n.Name, c: n.Client, cluster: cluster, cb: newBreaker(n.Name, onOpen)})
+	r.nodes.Store(&nodes)
+	return idx, nil
 }
 
 func checkClient(name string, c redis.UniversalClient) error {
@@ -170,10 +209,10 @@ func checkClient(name string, c redis.UniversalClient) error {
 func (r *Redis) Key(key string) string { return r.prefix + key + "}" }
 
 // Nodes returns the number of nodes.
-func (r *Redis) Nodes() int { return len(r.nodes) }
+func (r *Redis) Nodes() int { return len(*r.nodes.Load()) }
 
 // Name returns the name of node idx.
-func (r *Redis) Name(idx int) string { return r.nodes[idx].name }
+func (r *Redis) Name(idx int) string { return (*r.nodes.Load())[idx].name }
 
 // Owner returns the index of the node that owns key, or -1 if none can.
 func (r *Redis) Owner(key string) int {
@@ -187,16 +226,26 @@ func (r *Redis) Owner(key string) int {
 	return idx
 }
 
-func (r *Redis) node(idx int) (node, error) {
-	if idx < 0 || idx >= len(r.nodes) {
-		return node{}, errors.New("remote: no node owns the key")
+func (r *Redis) node(idx int) (*node, error) {
+	nodes := *r.nodes.Load()
+	if idx < 0 || idx >= len(nodes) {
+		return nil, errors.New("remote: no node owns the key")
 	}
-	return r.nodes[idx], nil
+	return nodes[idx], nil
+}
+
+// readable returns node idx for a read, or an error if it has writes to replay.
+func (r *Redis) readable(idx int) (*node, error) {
+	n, err := r.node(idx)
+	if err == nil && n.unsynced.Load() {
+		err = fmt.Errorf("%w: %s has writes to replay", ErrNodeUnavailable, n.name)
+	}
+	return n, err
 }
 
 // Get returns the bytes stored for key on node idx, or ErrMiss.
 func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
-	n, err := r.node(idx)
+	n, err := r.readable(idx)
 	if err != nil {
 		return nil, err
 	}
@@ -247,6 +296,7 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 		return setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
 	})
 	if err != nil {
+		r.remember(n, key)
 		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
 	}
 	return nil
@@ -256,7 +306,7 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 func (r *Redis) Channel() string { return r.channel }
 
 // Client returns node idx's client.
-func (r *Redis) Client(idx int) redis.UniversalClient { return r.nodes[idx].c }
+func (r *Redis) Client(idx int) redis.UniversalClient { return (*r.nodes.Load())[idx].c }
 
 func newEpoch() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
@@ -291,7 +341,10 @@ type Item struct {
 // standalone node, a pipeline of GETs on a Cluster, which splits it by slot owner),
 // the nodes in parallel. Results are written into the items.
 func (r *Redis) GetMany(ctx context.Context, items []Item) {
-	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
+	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+		if n.unsynced.Load() {
+			return fmt.Errorf("%w: %s has writes to replay", ErrNodeUnavailable, n.name)
+		}
 		if !n.cluster {
 			keys := make([]string, len(batch))
 			for i, it := range batch {
@@ -343,7 +396,7 @@ func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time
 	for i := range items {
 		pos[&items[i]] = i
 	}
-	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
+	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
 		cmds := make([]*redis.BoolCmd, len(batch))
 		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, it := range batch {
@@ -360,7 +413,8 @@ func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time
 
 // perNode groups items by node and runs fn once per node, concurrently, each under
 // the per-call timeout. A node-level error is recorded on each of its items.
-func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, node, []*Item) error) {
+func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, *node, []*Item) error) {
+	nodes := *r.nodes.Load()
 	groups := make(map[int][]*Item)
 	for i := range items {
 		it := &items[i]
@@ -373,7 +427,7 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 	var wg sync.WaitGroup
 	for idx, batch := range groups {
 		wg.Go(func() {
-			n := r.nodes[idx]
+			n := nodes[idx]
 			ctx, cancel := context.WithTimeout(ctx, r.timeout)
 			defer cancel()
 			if err := n.do(func() error { return fn(ctx, n, batch) }); err != nil {
@@ -392,28 +446,21 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 // of one node. It returns an error naming every node where the delete could not be
 // confirmed.
 func (r *Redis) Del(ctx context.Context, items []Item, payload func(keys []string) []byte) error {
-	r.perNode(ctx, items, func(ctx context.Context, n node, batch []*Item) error {
-		if n.cluster {
-			for _, it := range batch {
-				p := payload([]string{it.Key})
-				if err := clusterDelScript.Run(ctx, n.c, []string{r.Key(it.Key), r.LeaseKey(it.Key)}, r.channel, p).Err(); err != nil {
-					return err
-				}
-			}
-			return nil
+	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+		keys := make([]string, len(batch))
+		for i, it := range batch {
+			keys[i] = it.Key
 		}
-		keys := make([]string, 0, len(batch))
-		rkeys := make([]string, 0, 2*len(batch)+2)
-		rkeys = append(rkeys, r.seqKey, r.epochKey)
-		for _, it := range batch {
-			keys = append(keys, it.Key)
-			rkeys = append(rkeys, r.Key(it.Key), r.LeaseKey(it.Key))
-		}
-		return delScript.Run(ctx, n.c, rkeys, r.channel, newEpoch(), payload(keys)).Err()
+		return r.delOn(ctx, n, keys, payload)
 	})
 	var errs []error
 	seen := make(map[error]bool)
 	for _, it := range items {
+		if it.Err != nil {
+			if n, err := r.node(it.Node); err == nil {
+				r.remember(n, it.Key)
+			}
+		}
 		if it.Err != nil && !seen[it.Err] {
 			seen[it.Err] = true
 			errs = append(errs, it.Err)

@@ -217,3 +217,11 @@ func (s *snapshot) build(replicas int) {
 	c.Set(slices.Sorted(maps.Keys(s.alias)))
 	s.c = c
 }
+
+// Clone returns a ring frozen at r's current membership: later changes to r do not
+// affect it. It shares r's immutable snapshot, so it costs nothing to make.
+func (r *Ring) Clone() *Ring {
+	c := &Ring{replicas: r.replicas}
+	c.snap.Store(r.snap.Load())
+	return c
+}
