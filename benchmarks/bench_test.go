@@ -1,0 +1,285 @@
+package benchmarks
+
+// The workloads, identical for every system in Systems. Each is one
+// Benchmark<Workload> with a sub-benchmark sys=<name> per system.
+//
+//	NearHit    one replica reads 10k keys it holds: near-cache hits where there is a
+//	           near-cache, Redis GETs where there is none.
+//	SharedHit  one replica reads keys another replica wrote, each once: shared-tier hits.
+//	Miss       one replica reads keys no tier holds: the Loader (1 ms) and the fills.
+//	Zipf95     three replicas (own connections each) on the 3-node ring, keys drawn
+//	Zipf50     from Zipf(s = 1.1) over 100k keys, 95% or 50% reads, the rest writes
+//	           (source first, then Set through the same replica).
+//	Stampede   1000 goroutines over three replicas Get one cold key at once; op = one key.
+//	Coherence  the Zipf95 workload with every write through replica 0 and every read
+//	           on replicas 1 and 2, each read checked against the last write
+//	           acknowledged more than coherenceDelta before it began.
+//
+// Metrics beside ns/op, B/op and allocs/op: ops/s; p50-ns and p99-ns (per-operation
+// latency; see fastSampleEvery and timerCost); near-hit-% and shared-hit-% (share of
+// reads answered by each tier); loads/op (Loader calls per op); for Coherence,
+// stale-reads, stale-% and max-stale-ms.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// coherenceDelta is how long after a write is acknowledged a read anywhere may still
+// return the previous value without counting as stale: the bound the library's own
+// multi-process coherence test uses, far above a pub/sub delivery on loopback (well
+// under a millisecond) and far below a near-cache TTL (a minute).
+const coherenceDelta = 100 * time.Millisecond
+
+const nearKeys = 10_000
+
+func forEachSystem(b *testing.B, f func(*testing.B, Peer)) {
+	for _, p := range Systems {
+		b.Run("sys="+p.Name, func(b *testing.B) { f(b, p) })
+	}
+}
+
+func BenchmarkNearHit(b *testing.B)   { forEachSystem(b, benchNearHit) }
+func BenchmarkSharedHit(b *testing.B) { forEachSystem(b, benchSharedHit) }
+func BenchmarkMiss(b *testing.B)      { forEachSystem(b, benchMiss) }
+func BenchmarkZipf95(b *testing.B)    { forEachSystem(b, benchZipf95) }
+func BenchmarkZipf50(b *testing.B)    { forEachSystem(b, benchZipf50) }
+func BenchmarkStampede(b *testing.B)  { forEachSystem(b, benchStampede) }
+func BenchmarkCoherence(b *testing.B) { forEachSystem(b, benchCoherence) }
+
+func benchNearHit(b *testing.B, p Peer) {
+	ctx := context.Background()
+	src := NewSource(loadDelay, p.Name+"/n", nearKeys)
+	keys := src.Keys()
+	sys := open(b, p, scratchNodes.flushed(b), src)
+	if err := parallel(len(keys), func(i int) error { return sys.Set(ctx, keys[i], makeValue(0)) }); err != nil {
+		b.Fatal(err)
+	}
+	warmNear(b, p, sys, keys)
+	t0, l0 := sys.Tiers(), src.Loads()
+	var start atomic.Int64
+	r := runParallel(b, 0, fastSampleEvery, func(w *worker, pb *testing.PB) {
+		i := int(start.Add(nearKeys/7)) % nearKeys
+		for pb.Next() {
+			t := w.start()
+			_, err := sys.Get(ctx, keys[i])
+			w.stop(t)
+			if err != nil {
+				w.err = err
+				return
+			}
+			w.reads++
+			if i++; i == nearKeys {
+				i = 0
+			}
+		}
+	})
+	report(b, p, r, sys.Tiers().sub(t0), src.Loads()-l0)
+}
+
+// warmNear reads keys until a whole pass is answered by the near-cache (once, for a
+// system without one).
+func warmNear(b *testing.B, p Peer, sys System, keys []string) {
+	ctx := context.Background()
+	for pass := 0; pass < 100; pass++ {
+		before := sys.Tiers().NearMisses
+		for _, k := range keys {
+			if _, err := sys.Get(ctx, k); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if !p.Near || sys.Tiers().NearMisses == before {
+			return
+		}
+	}
+	b.Fatalf("%s: the near-cache still misses after 100 passes over %d keys", p.Name, len(keys))
+}
+
+func benchSharedHit(b *testing.B, p Peer) {
+	ctx := context.Background()
+	nodes := scratchNodes.flushed(b)
+	src := NewSource(loadDelay, p.Name+"/s", b.N)
+	keys := src.Keys()
+	writer := newSystem(b, p, nodes, src)
+	err := parallel(len(keys), func(i int) error { return writer.Set(ctx, keys[i], makeValue(0)) })
+	if cerr := writer.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	reader := open(b, p, nodes, src)
+	t0, l0 := reader.Tiers(), src.Loads()
+	var next atomic.Int64
+	r := runParallel(b, parallelism, 1, func(w *worker, pb *testing.PB) {
+		for pb.Next() {
+			k := keys[next.Add(1)-1]
+			t := w.start()
+			_, err := reader.Get(ctx, k)
+			w.stop(t)
+			if err != nil {
+				w.err = err
+				return
+			}
+			w.reads++
+		}
+	})
+	report(b, p, r, reader.Tiers().sub(t0), src.Loads()-l0)
+}
+
+func benchMiss(b *testing.B, p Peer) {
+	ctx := context.Background()
+	src := NewSource(loadDelay, p.Name+"/m", b.N)
+	keys := src.Keys()
+	sys := open(b, p, scratchNodes.flushed(b), src)
+	t0, l0 := sys.Tiers(), src.Loads()
+	var next atomic.Int64
+	r := runParallel(b, parallelism, 1, func(w *worker, pb *testing.PB) {
+		for pb.Next() {
+			k := keys[next.Add(1)-1]
+			t := w.start()
+			_, err := sys.Get(ctx, k)
+			w.stop(t)
+			if err != nil {
+				w.err = err
+				return
+			}
+			w.reads++
+		}
+	})
+	report(b, p, r, sys.Tiers().sub(t0), src.Loads()-l0)
+}
+
+// zipfWarmReads are the untimed reads that warm the replicas' near-caches before a
+// Zipf or coherence run.
+const zipfWarmReads = 10_000
+
+var seeds atomic.Uint64
+
+func benchZipf95(b *testing.B, p Peer) { benchZipf(b, p, 5) }
+func benchZipf50(b *testing.B, p Peer) { benchZipf(b, p, 50) }
+
+func benchZipf(b *testing.B, p Peer, writePct int) {
+	ctx := context.Background()
+	w := zipfWorld(b, p)
+	reps := openReplicas(b, p, w.nodes, w.src)
+	warmZipf(b, w, reps, zipfWarmReads)
+	t0, l0 := sumTiers(reps), w.src.Loads()
+	seed := seeds.Add(1)
+	r := runParallel(b, parallelism, fastSampleEvery, func(wk *worker, pb *testing.PB) {
+		sys := reps[wk.id%len(reps)]
+		zipf, rng := newZipf(wk.id, seed)
+		for pb.Next() {
+			i := int(zipf.Uint64())
+			t := wk.start()
+			var err error
+			if rng.IntN(100) < writePct {
+				err = w.write(ctx, sys, i, nil)
+			} else {
+				_, err = sys.Get(ctx, w.keys[i])
+				wk.reads++
+			}
+			wk.stop(t)
+			if err != nil {
+				wk.err = err
+				return
+			}
+		}
+	})
+	report(b, p, r, sumTiers(reps).sub(t0), w.src.Loads()-l0)
+}
+
+const stampedeGoroutines = 1000
+
+func benchStampede(b *testing.B, p Peer) {
+	ctx := context.Background()
+	src := NewSource(loadDelay, p.Name+"/st", 0)
+	reps := openReplicas(b, p, scratchNodes.flushed(b), src)
+	t0, l0 := sumTiers(reps), src.Loads()
+	var r results
+	lat := make([]time.Duration, stampedeGoroutines)
+	errs := make([]error, stampedeGoroutines)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := range b.N {
+		b.StopTimer()
+		key := fmt.Sprintf("%s/st%d", p.Name, n)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for g := range stampedeGoroutines {
+			wg.Go(func() {
+				<-start
+				t := time.Now()
+				_, errs[g] = reps[g%len(reps)].Get(ctx, key)
+				lat[g] = time.Since(t)
+			})
+		}
+		b.StartTimer()
+		close(start)
+		wg.Wait()
+		b.StopTimer()
+		if err := errors.Join(errs...); err != nil {
+			b.Fatal(err)
+		}
+		r.lat = append(r.lat, lat...)
+		r.reads += stampedeGoroutines
+		b.StartTimer()
+	}
+	b.StopTimer()
+	report(b, p, &r, sumTiers(reps).sub(t0), src.Loads()-l0)
+}
+
+func benchCoherence(b *testing.B, p Peer) {
+	ctx := context.Background()
+	w := zipfWorld(b, p)
+	reps := openReplicas(b, p, w.nodes, w.src)
+	warmZipf(b, w, reps[1:], zipfWarmReads)
+	base := make([]uint64, len(w.keys))
+	for i := range base {
+		base[i] = w.src.Version(i)
+	}
+	chk := NewChecker(coherenceDelta, base)
+	t0, l0 := sumTiers(reps), w.src.Loads()
+	seed := seeds.Add(1)
+	r := runParallel(b, parallelism, 1, func(wk *worker, pb *testing.PB) {
+		writer, reader := reps[0], reps[1+wk.id%(len(reps)-1)]
+		zipf, rng := newZipf(wk.id, seed)
+		for pb.Next() {
+			i := int(zipf.Uint64())
+			if rng.IntN(100) < 5 {
+				t := time.Now()
+				if wk.err = w.write(ctx, writer, i, chk); wk.err != nil {
+					return
+				}
+				wk.lat = append(wk.lat, time.Since(t))
+				continue
+			}
+			t := chk.Now()
+			v, err := reader.Get(ctx, w.keys[i])
+			wk.lat = append(wk.lat, chk.Now()-t)
+			if err != nil {
+				wk.err = err
+				return
+			}
+			ver, ok := parseVersion(v)
+			if !ok {
+				wk.err = fmt.Errorf("%s: Get(%q) = %q: not a value of the source", p.Name, w.keys[i], v)
+				return
+			}
+			wk.reads++
+			if stale, age := chk.Check(i, ver, t); stale {
+				wk.stale++
+				wk.maxAge = max(wk.maxAge, age)
+			}
+		}
+	})
+	report(b, p, r, sumTiers(reps).sub(t0), w.src.Loads()-l0)
+	b.ReportMetric(float64(r.stale), "stale-reads")
+	b.ReportMetric(100*float64(r.stale)/float64(max(r.reads, 1)), "stale-%")
+	b.ReportMetric(float64(r.maxAge)/float64(time.Millisecond), "max-stale-ms")
+}

@@ -1,0 +1,280 @@
+package benchmarks
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const (
+	loadDelay = time.Millisecond // the Loader's cost, a database query
+	zipfS     = 1.1
+	zipfKeys  = 100_000
+	replicas  = 3
+	// parallelism is b.SetParallelism for the workloads that wait on Redis:
+	// 8 x GOMAXPROCS goroutines share the replicas, the same for every system.
+	parallelism = 8
+	// fastSampleEvery: the workloads whose operations can be near hits (tens of
+	// nanoseconds) time one operation in 16, so that reading the clock does not
+	// dominate them; the others time every operation.
+	fastSampleEvery = 16
+)
+
+// timerCost is the median cost of an empty timed region (two clock reads), which
+// latency samples subtract: for a near hit it is of the same order as the operation.
+var timerCost = sync.OnceValue(func() time.Duration {
+	d := make([]time.Duration, 10001)
+	for i := range d {
+		t := time.Now()
+		d[i] = time.Since(t)
+	}
+	slices.Sort(d)
+	return d[len(d)/2]
+})
+
+// worker is one benchmark goroutine's private counters, merged once at its end so
+// that counting costs no shared cache line per operation.
+type worker struct {
+	id     int
+	every  int
+	n      int
+	lat    []time.Duration
+	reads  uint64
+	stale  uint64
+	maxAge time.Duration
+	err    error
+}
+
+// start returns the time if this operation is to be timed, else the zero Time.
+func (w *worker) start() time.Time {
+	if w.n++; w.n < w.every {
+		return time.Time{}
+	}
+	w.n = 0
+	return time.Now()
+}
+
+func (w *worker) stop(t time.Time) {
+	if !t.IsZero() {
+		w.lat = append(w.lat, time.Since(t))
+	}
+}
+
+// results gathers the workers of one benchmark run.
+type results struct {
+	mu     sync.Mutex
+	lat    []time.Duration
+	reads  uint64
+	stale  uint64
+	maxAge time.Duration
+	err    error
+}
+
+func (r *results) merge(w *worker) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lat = append(r.lat, w.lat...)
+	r.reads += w.reads
+	r.stale += w.stale
+	r.maxAge = max(r.maxAge, w.maxAge)
+	if r.err == nil {
+		r.err = w.err
+	}
+}
+
+// runParallel runs body on b.RunParallel's goroutines (b.SetParallelism(par) if
+// par > 0), each with its own worker; every-th operation is timed.
+func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.PB)) *results {
+	var r results
+	var ids atomic.Int64
+	if par > 0 {
+		b.SetParallelism(par)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := &worker{id: int(ids.Add(1) - 1), every: every, lat: make([]time.Duration, 0, 1024)}
+		body(w, pb)
+		r.merge(w)
+	})
+	b.StopTimer()
+	if r.err != nil {
+		b.Fatal(r.err)
+	}
+	return &r
+}
+
+// report reports the run's metrics: ops/s, latency percentiles, the share of reads
+// each tier answered, and Loader calls per operation.
+func report(b *testing.B, p Peer, r *results, tiers Tiers, loads uint64) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+	if len(r.lat) > 0 {
+		slices.Sort(r.lat)
+		tc := timerCost()
+		pct := func(q float64) float64 { return float64(max(r.lat[int(q*float64(len(r.lat)-1))]-tc, 0)) }
+		b.ReportMetric(pct(0.50), "p50-ns")
+		b.ReportMetric(pct(0.99), "p99-ns")
+	}
+	if r.reads > 0 {
+		near := 0.0
+		if p.Near && tiers.NearMisses <= r.reads {
+			near = 100 * float64(r.reads-tiers.NearMisses) / float64(r.reads)
+		}
+		b.ReportMetric(near, "near-hit-%")
+		b.ReportMetric(100*float64(tiers.SharedHits)/float64(r.reads), "shared-hit-%")
+	}
+	b.ReportMetric(float64(loads)/float64(b.N), "loads/op")
+	if tiers.Absorbed > 0 {
+		b.ReportMetric(float64(tiers.Absorbed), "absorbed-errors")
+	}
+}
+
+// open starts one replica of p over nodes (Nodes[0] only if p cannot shard) with src
+// as its Loader, and closes it when the benchmark ends.
+func open(b *testing.B, p Peer, nodes []string, src *Source) System {
+	s := newSystem(b, p, nodes, src)
+	b.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			b.Errorf("%s: Close: %v", p.Name, err)
+		}
+	})
+	return s
+}
+
+func newSystem(b *testing.B, p Peer, nodes []string, src *Source) System {
+	if !p.Shards {
+		nodes = nodes[:1]
+	}
+	s, err := p.New(defaultConfig(nodes, src.Load))
+	if err != nil {
+		b.Fatalf("%s: %v", p.Name, err)
+	}
+	return s
+}
+
+func openReplicas(b *testing.B, p Peer, nodes []string, src *Source) []System {
+	reps := make([]System, replicas)
+	for i := range reps {
+		reps[i] = open(b, p, nodes, src)
+	}
+	return reps
+}
+
+func sumTiers(reps []System) Tiers {
+	var t Tiers
+	for _, s := range reps {
+		t = t.add(s.Tiers())
+	}
+	return t
+}
+
+// parallel runs f(i) for i in [0, n) on 64 goroutines and returns the first error.
+func parallel(n int, f func(i int) error) error {
+	var next atomic.Int64
+	var first atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || first.Load() != nil {
+					return
+				}
+				if err := f(i); err != nil {
+					first.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if e := first.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// world is a system's populated Zipf keyspace on zipfNodes: its source of truth and
+// one value per key in Redis, written once per test binary through the system's own
+// Set (so in its own encoding) and shared by the Zipf and coherence workloads.
+type world struct {
+	src    *Source
+	keys   []string
+	nodes  []string
+	writes [4096]sync.Mutex // serialise each key's writes, as a row lock would
+}
+
+var worlds struct {
+	sync.Mutex
+	m map[string]*world
+}
+
+func zipfWorld(b *testing.B, p Peer) *world {
+	worlds.Lock()
+	defer worlds.Unlock()
+	if w := worlds.m[p.Name]; w != nil {
+		return w
+	}
+	w := &world{src: NewSource(loadDelay, p.Name+"/z", zipfKeys), nodes: zipfNodes.addrs(b)}
+	w.keys = w.src.Keys()
+	s := newSystem(b, p, w.nodes, w.src)
+	ctx := context.Background()
+	err := parallel(len(w.keys), func(i int) error { return s.Set(ctx, w.keys[i], makeValue(0)) })
+	if cerr := s.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		b.Fatalf("%s: populate: %v", p.Name, err)
+	}
+	if worlds.m == nil {
+		worlds.m = make(map[string]*world)
+	}
+	worlds.m[p.Name] = w
+	return w
+}
+
+// write advances key i's version at the source and writes it through sys, holding
+// the key's write lock so that every tier receives the key's versions in order. If
+// chk is not nil, the acknowledged write is recorded in it.
+func (w *world) write(ctx context.Context, sys System, i int, chk *Checker) error {
+	m := &w.writes[i%len(w.writes)]
+	m.Lock()
+	defer m.Unlock()
+	ver, v := w.src.Write(i)
+	if err := sys.Set(ctx, w.keys[i], v); err != nil {
+		return err
+	}
+	if chk != nil {
+		chk.Acked(i, ver, chk.Now())
+	}
+	return nil
+}
+
+// newZipf returns a Zipf (s = 1.1) generator of key indexes, hottest first, and the
+// uniform generator under it, seeded by id and seed.
+func newZipf(id int, seed uint64) (*rand.Zipf, *rand.Rand) {
+	r := rand.New(rand.NewPCG(uint64(id), seed))
+	return rand.NewZipf(r, zipfS, 1, zipfKeys-1), r
+}
+
+// warmZipf reads n keys drawn from the Zipf distribution through reps, untimed, so
+// that the measured run does not begin with cold near-caches.
+func warmZipf(b *testing.B, w *world, reps []System, n int) {
+	ctx := context.Background()
+	var mu sync.Mutex // guards gen: warm-up only
+	gen, _ := newZipf(-1, 0x5eed)
+	err := parallel(n, func(j int) error {
+		mu.Lock()
+		i := int(gen.Uint64())
+		mu.Unlock()
+		_, err := reps[j%len(reps)].Get(ctx, w.keys[i])
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
