@@ -70,6 +70,32 @@
 // while the message is in flight, or, if the subscription failed silently, for at
 // most HealthCheck + Timeout.
 //
+// # Faults and membership
+//
+//   - A node that is down or hung costs a caller at most Options.Timeout; its circuit
+//     breaker then fails calls at once (see Read path). Nothing is an error while the
+//     Loader answers.
+//   - Missed writes. A Set or Delete that cannot be confirmed on the key's node (down,
+//     hung, breaker open, an error reply) returns an error, and the Cache remembers the
+//     key (at most Options.MissedDeletes per node). This Cache reads nothing from that
+//     node, loading from the source instead, until the remembered keys have been
+//     deleted there, with their invalidations, which happens as soon as the node
+//     answers (within Options.HealthCheck). Past the bound the node is cleared of the
+//     namespace's keys (SCAN + UNLINK) and a flush message makes every process drop its
+//     near-cache entries of the node. Another process may read a value the write should
+//     have replaced from the node in the moment between its return and the replay
+//     (TestMissedDeletesReplayed measures that window; the replay's invalidation
+//     evicts any copy taken then).
+//   - Runtime membership. AddNode and RemoveNode change the ring while the Cache
+//     serves: about 1/N of the keys move to a new node, a removed node's keys spread
+//     over the others. A joining node is cleared of the namespace's keys before it
+//     serves (it may hold values from an earlier membership), and this process
+//     subscribes to it before routing keys to it. Each process changes its own ring,
+//     so for Options.TTL after a change a write of a key that moved also deletes it on
+//     its previous owner, publishing there: processes that have not changed yet see
+//     the write. A write through a process still on the old membership reaches only
+//     the old owner: change membership in every process promptly.
+//
 // # Leases
 //
 // A Get that misses in Redis takes the key's lease on its node before calling the
