@@ -209,3 +209,44 @@ func TestC5NearCopyBoundedByRedisTTL(t *testing.T) {
 		t.Fatalf("B.Get after expiry = %q, %v; want the source's value", v, err)
 	}
 }
+
+// TestEpochFlush: a node that loses its data while subscriptions to it stay up (a
+// restart too quick to notice, a failover to an empty replica behind the same
+// address; here FLUSHALL on the test's own server) starts a new epoch with its next
+// write, and every other instance flushes its near-cache entries of that node.
+func TestEpochFlush(t *testing.T) {
+	srv := redistest.Start(t, 1)
+	src := newSource()
+	mk := func() *Cache[string] {
+		o := ringOpts[string](t, srv)
+		o.Loader = src
+		return newCache(t, o)
+	}
+	a, b := mk(), mk()
+	ctx := context.Background()
+	src.put("k1", "v1")
+	src.put("k2", "v1")
+	if err := a.Set(ctx, "k1", "v1"); err != nil { // the node's first epoch
+		t.Fatal(err)
+	}
+	for _, k := range []string{"k1", "k2"} {
+		if _, err := b.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		waitLocal(t, b, k)
+	}
+	lost := b.Stats().SubscriptionsLost
+	if _, err := srv[0].Do(ctx, "FLUSHALL"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Set(ctx, "k1", "v2"); err != nil { // new epoch, sequence 1
+		t.Fatal(err)
+	}
+	waitFor(t, "B's epoch flush", func() bool { return b.Stats().FlushesEpoch == 1 })
+	if _, ok := nearHas(b, "k2"); ok {
+		t.Error("B still serves k2 from its near-cache after the node's new epoch")
+	}
+	if s := b.Stats(); s.SubscriptionsLost != lost {
+		t.Errorf("B's subscription was lost (%d -> %d): the flush came from it, not from the epoch", lost, s.SubscriptionsLost)
+	}
+}
