@@ -11,6 +11,10 @@ import (
 // except for the TTLs and the near-cache size, which every system shares.
 var tieredPeer = Peer{Name: "tiered", Shards: true, Near: true, New: newTiered}
 
+// tiered-1node: the same on one node, the one rueidis (which cannot shard) uses: a
+// control column, so that rueidis can be read against tiered on equal ground.
+var tiered1NodePeer = Peer{Name: "tiered-1node", Shards: false, Near: true, New: newTiered}
+
 type tieredSys struct{ c *tiered.Cache[string] }
 
 func newTiered(cfg Config) (System, error) {

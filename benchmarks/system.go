@@ -73,6 +73,7 @@ var Systems = []Peer{
 	goredisCSCPeer,
 	gorediscachePeer,
 	rueidisPeer,
+	tiered1NodePeer,
 }
 
 // defaultConfig is the configuration every workload starts from.

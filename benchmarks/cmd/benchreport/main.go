@@ -1,0 +1,198 @@
+// Command benchreport reads the output of the benchmarks module's workloads (go test
+// -bench, any -count) and prints two markdown tables: the median time per operation
+// of every system on every workload with its ratio to tiered's, and the stale reads
+// of the coherence workload summed over all runs.
+//
+//	benchreport results/*.txt
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: benchreport FILE...")
+		os.Exit(2)
+	}
+	var all []result
+	for _, name := range os.Args[1:] {
+		f, err := os.Open(name)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		rs, err := parse(f)
+		f.Close()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			os.Exit(1)
+		}
+		all = append(all, rs...)
+	}
+	if err := write(os.Stdout, all); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// result is one line of benchmark output: Benchmark<workload>/sys=<system>-P.
+type result struct {
+	workload, system string
+	values           map[string]float64 // by unit
+}
+
+func parse(r io.Reader) ([]result, error) {
+	var out []result
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") || len(f)%2 != 0 {
+			continue
+		}
+		name := strings.TrimPrefix(f[0], "Benchmark")
+		if i := strings.LastIndexByte(name, '-'); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i] // the GOMAXPROCS suffix
+			}
+		}
+		workload, system, ok := strings.Cut(name, "/sys=")
+		if !ok {
+			continue
+		}
+		res := result{workload: workload, system: system, values: map[string]float64{}}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, fmt.Errorf("%q: %v", sc.Text(), err)
+			}
+			res.values[f[i+1]] = v
+		}
+		out = append(out, res)
+	}
+	return out, sc.Err()
+}
+
+// table groups values by workload and system, both in order of first appearance.
+type table struct {
+	workloads, systems []string
+	vals               map[[2]string][]float64
+}
+
+func group(rs []result, unit string, keep func(result) bool) table {
+	t := table{vals: map[[2]string][]float64{}}
+	for _, r := range rs {
+		v, ok := r.values[unit]
+		if !ok || !keep(r) {
+			continue
+		}
+		if !slices.Contains(t.workloads, r.workload) {
+			t.workloads = append(t.workloads, r.workload)
+		}
+		if !slices.Contains(t.systems, r.system) {
+			t.systems = append(t.systems, r.system)
+		}
+		k := [2]string{r.workload, r.system}
+		t.vals[k] = append(t.vals[k], v)
+	}
+	return t
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+func duration(ns float64) string {
+	switch {
+	case ns == 0:
+		return "0"
+	case ns >= 1e6:
+		return fmt.Sprintf("%.2f ms", ns/1e6)
+	case ns >= 1e3:
+		return fmt.Sprintf("%.1f µs", ns/1e3)
+	default:
+		return fmt.Sprintf("%.0f ns", ns)
+	}
+}
+
+func write(w io.Writer, rs []result) error {
+	bw := bufio.NewWriter(w)
+	t := group(rs, "ns/op", func(result) bool { return true })
+	if len(t.systems) == 0 {
+		return fmt.Errorf("no benchmark results")
+	}
+	base := t.systems[0]
+	fmt.Fprintf(bw, "Median time per operation (ns/op over %s runs); in parentheses, the system's time over %s's: above 1.00, %s is faster.\n\n",
+		runs(t), base, base)
+	fmt.Fprintf(bw, "| workload | %s |\n|---|%s\n", strings.Join(t.systems, " | "), strings.Repeat("---|", len(t.systems)))
+	for _, wl := range t.workloads {
+		fmt.Fprintf(bw, "| %s |", wl)
+		b, hasBase := t.vals[[2]string{wl, base}]
+		for _, sys := range t.systems {
+			v, ok := t.vals[[2]string{wl, sys}]
+			switch {
+			case !ok:
+				fmt.Fprint(bw, " – |")
+			case sys == base || !hasBase:
+				fmt.Fprintf(bw, " %s |", duration(median(v)))
+			default:
+				fmt.Fprintf(bw, " %s (%.2f) |", duration(median(v)), median(v)/median(b))
+			}
+		}
+		fmt.Fprintln(bw)
+	}
+
+	coh := func(r result) bool { return r.workload == "Coherence" }
+	reads, stale := group(rs, "reads", coh), group(rs, "stale-reads", coh)
+	age, ops := group(rs, "max-stale-ms", coh), group(rs, "ops/s", coh)
+	if len(reads.systems) > 0 {
+		fmt.Fprintf(bw, "\nStale reads in the coherence workload, summed over %s runs (max: the oldest stale read of all runs).\n\n", runs(reads))
+		fmt.Fprintln(bw, "| system | reads checked | stale reads | stale % | max staleness | median ops/s |")
+		fmt.Fprintln(bw, "|---|---|---|---|---|---|")
+		for _, sys := range reads.systems {
+			k := [2]string{"Coherence", sys}
+			var n, s float64
+			for _, v := range reads.vals[k] {
+				n += v
+			}
+			for _, v := range stale.vals[k] {
+				s += v
+			}
+			pct := 0.0
+			if n > 0 {
+				pct = 100 * s / n
+			}
+			fmt.Fprintf(bw, "| %s | %.0f | %.0f | %.2f | %s | %.0f |\n",
+				sys, n, s, pct, duration(1e6*slices.Max(append([]float64{0}, age.vals[k]...))), median(ops.vals[k]))
+		}
+	}
+	return bw.Flush()
+}
+
+// runs describes how many runs each cell has ("6", or "4-6" if they differ).
+func runs(t table) string {
+	lo, hi := -1, 0
+	for _, v := range t.vals {
+		if lo < 0 || len(v) < lo {
+			lo = len(v)
+		}
+		hi = max(hi, len(v))
+	}
+	if lo == hi {
+		return strconv.Itoa(hi)
+	}
+	return fmt.Sprintf("%d-%d", lo, hi)
+}
