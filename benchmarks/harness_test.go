@@ -44,10 +44,10 @@ type worker struct {
 	n      int
 	lat    []time.Duration
 	reads  uint64
-	stale  uint64
-	maxAge time.Duration
-	failed uint64 // writes that returned an error (never acknowledged)
-	err    error  // a read that failed: ends the benchmark
+	stale  [len(coherenceDeltas)]uint64 // reads stale with respect to each Δ
+	maxAge time.Duration                // the oldest superseded value a read returned
+	failed uint64                       // writes that returned an error (never acknowledged)
+	err    error                        // a read that failed: ends the benchmark
 }
 
 // start returns the time if this operation is to be timed, else the zero Time.
@@ -70,7 +70,7 @@ type results struct {
 	mu     sync.Mutex
 	lat    []time.Duration
 	reads  uint64
-	stale  uint64
+	stale  [len(coherenceDeltas)]uint64
 	maxAge time.Duration
 	failed uint64
 	err    error
@@ -81,7 +81,9 @@ func (r *results) merge(w *worker) {
 	defer r.mu.Unlock()
 	r.lat = append(r.lat, w.lat...)
 	r.reads += w.reads
-	r.stale += w.stale
+	for j := range r.stale {
+		r.stale[j] += w.stale[j]
+	}
 	r.maxAge = max(r.maxAge, w.maxAge)
 	r.failed += w.failed
 	if r.err == nil {

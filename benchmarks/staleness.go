@@ -9,12 +9,15 @@ import (
 const checkerStripes = 4096
 
 // Checker judges reads against the writes acknowledged before them. A read of a key
-// that starts at t is stale when it returns an older version than the newest write of
-// the key acknowledged more than Delta before t: the system had Delta to make that
-// write visible everywhere and did not. The writes of one key must be serialised, so
-// that its versions are acknowledged in order.
+// that starts at t is stale with respect to a bound Δ when it returns an older version
+// than the newest write of the key acknowledged more than Δ before t: the system had
+// Δ to make that write visible everywhere and did not. Equivalently, when the write
+// that replaced the version it returned was acknowledged more than Δ before t; Age
+// returns that time, so one pass judges a read against every Δ.
+//
+// The writes of one key must be serialised, so that its versions are acknowledged in
+// order.
 type Checker struct {
-	Delta time.Duration
 	start time.Time
 	base  []uint64 // per key: the version every replica must see from the start on
 
@@ -29,8 +32,8 @@ type ack struct {
 
 // NewChecker returns a checker for keys 0..len(base)-1 whose versions base[i] were
 // acknowledged before it starts.
-func NewChecker(delta time.Duration, base []uint64) *Checker {
-	return &Checker{Delta: delta, start: time.Now(), base: base, acks: make([][]ack, len(base))}
+func NewChecker(base []uint64) *Checker {
+	return &Checker{start: time.Now(), base: base, acks: make([][]ack, len(base))}
 }
 
 // Now returns the time since the checker started, on the monotonic clock.
@@ -44,25 +47,28 @@ func (c *Checker) Acked(i int, ver uint64, at time.Duration) {
 	m.Unlock()
 }
 
-// Check judges a read of key i that started at t and returned version ver. If it is
-// stale, age is how long before t the write that replaced ver was acknowledged (for a
-// version older than the starting one, the time since the checker started).
-func (c *Checker) Check(i int, ver uint64, t time.Duration) (stale bool, age time.Duration) {
+// Age judges a read of key i that started at t and returned version ver. If a write
+// acknowledged before t had replaced ver, superseded is true and age is how long
+// before t the first such write was acknowledged (for a version older than the
+// starting one, the time since the checker started). The read is stale with respect
+// to Δ when superseded && age > Δ.
+func (c *Checker) Age(i int, ver uint64, t time.Duration) (age time.Duration, superseded bool) {
+	if ver < c.base[i] {
+		return t, true
+	}
 	m := &c.mu[i%checkerStripes]
 	m.Lock()
 	defer m.Unlock()
 	a := c.acks[i]
-	cutoff := t - c.Delta
-	required := c.base[i]
-	if j := sort.Search(len(a), func(k int) bool { return a[k].at >= cutoff }) - 1; j >= 0 {
-		required = max(required, a[j].ver)
-	}
-	if ver >= required {
-		return false, 0
-	}
-	if ver < c.base[i] {
-		return true, t
-	}
 	k := sort.Search(len(a), func(k int) bool { return a[k].ver > ver })
-	return true, t - a[k].at
+	if k == len(a) || a[k].at >= t {
+		return 0, false
+	}
+	return t - a[k].at, true
+}
+
+// staleAfter reports whether a read that Age judged (age, superseded) is stale with
+// respect to delta.
+func staleAfter(age time.Duration, superseded bool, delta time.Duration) bool {
+	return superseded && age > delta
 }
