@@ -105,42 +105,24 @@ func warmNear(b *testing.B, p Peer, sys System, keys []string) {
 }
 
 func benchSharedHit(b *testing.B, p Peer) {
-	ctx := context.Background()
 	nodes := scratchNodes.flushed(b)
 	src := NewSource(loadDelay, p.Name+"/s", b.N)
 	keys := src.Keys()
-	writer := newSystem(b, p, nodes, src)
-	err := populate(writer, keys)
-	if cerr := writer.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := populateThrough(p, nodes, src, keys); err != nil {
 		b.Fatal(err)
 	}
-	reader := open(b, p, nodes, src)
-	t0, l0 := reader.Tiers(), src.Loads()
-	var next atomic.Int64
-	r := runParallel(b, parallelism, 1, func(w *worker, pb *testing.PB) {
-		for pb.Next() {
-			k := keys[next.Add(1)-1]
-			t := w.start()
-			_, err := reader.Get(ctx, k)
-			w.stop(t)
-			if err != nil {
-				w.err = err
-				return
-			}
-			w.reads++
-		}
-	})
-	report(b, p, r, reader.Tiers().sub(t0), src.Loads()-l0)
+	readEachOnce(b, p, open(b, p, nodes, src), src, keys)
 }
 
 func benchMiss(b *testing.B, p Peer) {
-	ctx := context.Background()
 	src := NewSource(loadDelay, p.Name+"/m", b.N)
-	keys := src.Keys()
-	sys := open(b, p, scratchNodes.flushed(b), src)
+	readEachOnce(b, p, open(b, p, scratchNodes.flushed(b), src), src, src.Keys())
+}
+
+// readEachOnce is the timed part of SharedHit and Miss: b.N reads through sys, of
+// keys[0] to keys[b.N-1], each once, on parallelism x GOMAXPROCS goroutines.
+func readEachOnce(b *testing.B, p Peer, sys System, src *Source, keys []string) {
+	ctx := context.Background()
 	t0, l0 := sys.Tiers(), src.Loads()
 	var next atomic.Int64
 	r := runParallel(b, parallelism, 1, func(w *worker, pb *testing.PB) {

@@ -2,6 +2,7 @@ package benchmarks
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -147,7 +148,10 @@ func report(b *testing.B, p Peer, r *results, tiers Tiers, loads uint64) {
 // open starts one replica of p over nodes (Nodes[0] only if p cannot shard) with src
 // as its Loader, and closes it when the benchmark ends.
 func open(b *testing.B, p Peer, nodes []string, src *Source) System {
-	s := newSystem(b, p, nodes, src)
+	s, err := newSystem(p, nodes, src)
+	if err != nil {
+		b.Fatalf("%s: %v", p.Name, err)
+	}
 	b.Cleanup(func() {
 		if err := s.Close(); err != nil {
 			b.Errorf("%s: Close: %v", p.Name, err)
@@ -156,15 +160,11 @@ func open(b *testing.B, p Peer, nodes []string, src *Source) System {
 	return s
 }
 
-func newSystem(b *testing.B, p Peer, nodes []string, src *Source) System {
+func newSystem(p Peer, nodes []string, src *Source) (System, error) {
 	if !p.Shards {
 		nodes = nodes[:1]
 	}
-	s, err := p.New(defaultConfig(nodes, src.Load))
-	if err != nil {
-		b.Fatalf("%s: %v", p.Name, err)
-	}
-	return s
+	return p.New(defaultConfig(nodes, src.Load))
 }
 
 func openReplicas(b *testing.B, p Peer, nodes []string, src *Source) []System {
@@ -225,6 +225,17 @@ func populate(sys System, keys []string) error {
 	})
 }
 
+// populateThrough populates keys through a replica of p of its own, which it closes,
+// so that no replica of the measured run has them in its near-cache.
+func populateThrough(p Peer, nodes []string, src *Source, keys []string) error {
+	s, err := newSystem(p, nodes, src)
+	if err != nil {
+		return err
+	}
+	err = populate(s, keys)
+	return errors.Join(err, s.Close())
+}
+
 // world is a system's populated Zipf keyspace on zipfNodes: its source of truth and
 // one value per key in Redis, written once per test binary through the system's own
 // Set (so in its own encoding) and shared by the Zipf and coherence workloads.
@@ -248,12 +259,7 @@ func zipfWorld(b *testing.B, p Peer) *world {
 	}
 	w := &world{src: NewSource(loadDelay, p.Name+"/z", zipfKeys), nodes: zipfNodes.addrs(b)}
 	w.keys = w.src.Keys()
-	s := newSystem(b, p, w.nodes, w.src)
-	err := populate(s, w.keys)
-	if cerr := s.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := populateThrough(p, w.nodes, w.src, w.keys); err != nil {
 		b.Fatalf("%s: populate: %v", p.Name, err)
 	}
 	if worlds.m == nil {
