@@ -324,16 +324,19 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 			}
 			return sr, nil
 		})
-		if sr := r.(shared[V]); sr.hit {
+		sr := r.(shared[V])
+		if sr.hit {
 			return result(sr.flight)
 		}
-	}
-	// Phase 2: the load runs in its own goroutine, so that every caller honours
-	// its own ctx while waiting and none cancels it for the others. A caller that
-	// joined another's read joins its load; if that load has already ended, the
-	// new one reads the shared tier again first, where the ended one left the value.
-	if load == nil {
-		load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, shared[V]{}, true) })
+		// Phase 2: the load runs in its own goroutine, so that every caller
+		// honours its own ctx while waiting and none cancels it for the others. A
+		// caller that joined another's read joins its load; if that load has
+		// already ended, the new one reads the shared tier again first, where the
+		// ended one left the value, unless the read failed: a node that just timed
+		// out is not asked again, which would cost this caller a second Timeout.
+		if load == nil {
+			load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, sr, !sr.failed) })
+		}
 	}
 	select {
 	case res := <-load:
