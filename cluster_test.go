@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,4 +229,126 @@ func TestCloseWhileCallsInFlight(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestClusterMasterHung: one master of a 3-master Redis Cluster SIGSTOPped under
+// concurrent Gets of keys on every master. Every Get is served (the Loader answers
+// for the hung master's keys), none waits much longer than Timeout, and the keys of
+// the healthy masters keep being served from Redis: the circuit breaker is per
+// master, so one hung master does not send the whole cluster's keys to the Loader.
+// After SIGCONT the master is read again.
+func TestClusterMasterHung(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	margin := 20 * time.Millisecond
+	if raceEnabled {
+		margin = 80 * time.Millisecond
+	}
+	cluster := redistest.StartClusterT(t, 3)
+	cl := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { cl.Close() })
+	src := newSource()
+	var healthyLoads atomic.Int64
+	isHealthy := map[string]bool{}
+	loader := LoaderFunc[string](func(ctx context.Context, key string) (string, error) {
+		if isHealthy[key] {
+			healthyLoads.Add(1)
+		}
+		return src.Load(ctx, key)
+	})
+	c := newCache(t, Options[string]{Client: cl, Namespace: "clhung", Loader: loader, Timeout: timeout, LocalTTL: 10 * time.Millisecond})
+	ctx := context.Background()
+	hungAddr := cluster.Nodes[0].Addr()
+	var hung, healthy []string
+	for i := 0; len(hung) < 40 || len(healthy) < 40; i++ {
+		k := fmt.Sprint("ck:", i)
+		m, err := cl.MasterForKey(ctx, c.shared.(interface{ Key(string) string }).Key(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Options().Addr == hungAddr {
+			hung = append(hung, k)
+		} else {
+			healthy = append(healthy, k)
+		}
+		src.put(k, "v")
+	}
+	hung, healthy = hung[:40], healthy[:40]
+	for _, k := range healthy {
+		isHealthy[k] = true
+	}
+	for _, k := range append(slices.Clone(hung), healthy...) {
+		if _, err := c.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	lat := &latencies{d: make(map[string][]time.Duration)}
+	var errs sync.Map
+	run := func(d time.Duration, phase string) {
+		var wg sync.WaitGroup
+		stop := time.Now().Add(d)
+		for g := range 8 {
+			keys, name := hung, "hung master's keys, "+phase
+			if g%2 == 1 {
+				keys, name = healthy, "healthy masters' keys, "+phase
+			}
+			wg.Go(func() {
+				for i := g; time.Now().Before(stop); i++ {
+					k := keys[i%len(keys)]
+					start := time.Now()
+					v, err := c.Get(ctx, k)
+					lat.add(name, time.Since(start))
+					if err != nil || v != "v" {
+						errs.Store(k, fmt.Sprintf("%q, %v", v, err))
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if err := cluster.Nodes[0].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	s0, l0 := c.Stats(), healthyLoads.Load()
+	run(1500*time.Millisecond, "paused")
+	s1, l1 := c.Stats(), healthyLoads.Load()
+	if err := cluster.Nodes[0].Resume(); err != nil {
+		t.Fatal(err)
+	}
+	errs.Range(func(k, v any) bool {
+		t.Errorf("Get(%q) = %v", k, v)
+		return true
+	})
+	for _, ph := range []string{"hung master's keys, paused", "healthy masters' keys, paused"} {
+		t.Log(lat.summary(ph))
+	}
+	t.Logf("while paused: remote hits +%d, loads +%d (of the healthy masters' keys: +%d), remote errors +%d, breaker opens +%d",
+		s1.RemoteHits-s0.RemoteHits, s1.Loads-s0.Loads, l1-l0, s1.RemoteErrors-s0.RemoteErrors, s1.BreakerOpens-s0.BreakerOpens)
+	lat.mu.Lock()
+	okGets := len(lat.d["healthy masters' keys, paused"])
+	lat.mu.Unlock()
+	// A single breaker for the whole Cluster sent nearly all of them to the Loader.
+	// A few may time out on a starved machine (2 cores shared with 3 redis-servers).
+	if l1-l0 > int64(okGets/100) {
+		t.Errorf("%d loads for %d Gets of the healthy masters' keys while another master hung: they must stay served from Redis", l1-l0, okGets)
+	}
+	if s1.BreakerOpens == s0.BreakerOpens {
+		t.Error("the hung master's breaker did not open")
+	}
+	lat.mu.Lock()
+	hungLat, okLat := lat.d["hung master's keys, paused"], lat.d["healthy masters' keys, paused"]
+	lat.mu.Unlock()
+	if p := pct(hungLat, 99); p > timeout+margin {
+		t.Errorf("p99 of Gets of the hung master's keys = %v, want <= Timeout + %v", p, margin)
+	}
+	if p := pct(okLat, 99); p > timeout/2 {
+		t.Errorf("p99 of Gets of the healthy masters' keys = %v: slowed by the hung master", p)
+	}
+	before := c.Stats().RemoteHits
+	waitFor(t, "the hung master's keys read from Redis again", func() bool {
+		for _, k := range hung {
+			c.Get(ctx, k)
+		}
+		return c.Stats().RemoteHits > before+uint64(len(hung))
+	})
 }

@@ -217,11 +217,10 @@ func (c *Cache[V]) newShared() (sharedTier, error) {
 	default:
 		return noShared{}, nil
 	}
-	var r *remote.Redis
 	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes,
-		OnBreakerOpen: func(node int) {
+		OnBreakerOpen: func(name string) {
 			c.stats.breakerOpens.Add(1)
-			o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", r.Name(node))
+			o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", name)
 		},
 	}
 	if o.Client == nil { // a ring, even of one node, so that nodes can be added

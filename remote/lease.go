@@ -66,7 +66,7 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var res any
-	err = n.do(func() (err error) {
+	err = r.doKey(ctx, n, key, func() (err error) {
 		res, err = leaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Result()
 		return err
 	})
@@ -99,7 +99,7 @@ func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var wrote int
-	err = n.do(func() (err error) {
+	err = r.doKey(ctx, n, key, func() (err error) {
 		wrote, err = fillLeasedScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, b, max(ttl.Milliseconds(), 1)).Int()
 		return err
 	})
@@ -132,7 +132,7 @@ func (r *Redis) TryLease(ctx context.Context, idx int, key, token string, ttl, t
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var won int
-	err = n.do(func() (err error) {
+	err = r.doKey(ctx, n, key, func() (err error) {
 		won, err = refreshLeaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)},
 			token, max(ttl.Milliseconds(), 1), threshold.Milliseconds()).Int()
 		return err

@@ -48,8 +48,9 @@ type Config struct {
 	Picker    Picker        // required when len(Nodes) > 1
 	Namespace string        // key prefix; must not contain '{' or '}'
 	Timeout   time.Duration // bound on each call to one node
-	// OnBreakerOpen, if set, is called when a node's circuit breaker opens.
-	OnBreakerOpen func(node int)
+	// OnBreakerOpen, if set, is called with the breaker's name (the node's, or a
+	// Cluster master's address) when a circuit breaker opens.
+	OnBreakerOpen func(name string)
 	// MissedDeletes bounds the keys remembered per node for a write that could not
 	// be confirmed there (see Replay). Default DefaultMissedDeletes.
 	MissedDeletes int
@@ -63,7 +64,7 @@ type Redis struct {
 	nodes    atomic.Pointer[[]*node] // by index; append-only, replaced whole (AddNode)
 	addMu    sync.Mutex              // serialises AddNode
 	pick     Picker
-	onOpen   func(node int)
+	onOpen   func(name string)
 	maxMiss  int
 	prefix   string
 	timeout  time.Duration
@@ -77,6 +78,7 @@ type node struct {
 	c       redis.UniversalClient
 	cluster bool // MGET across slots is not allowed: pipeline GETs instead
 	cb      *gobreaker.CircuitBreaker[struct{}]
+	masters sync.Map // Cluster master address -> its *gobreaker.CircuitBreaker
 
 	// Writes that could not be confirmed on the node (see Replay). While any is
 	// unapplied, reads of the node fail with ErrNodeUnavailable.
@@ -101,7 +103,7 @@ const (
 // ErrNodeUnavailable is returned, wrapped, for calls to a node whose breaker is open.
 var ErrNodeUnavailable = errors.New("remote: node unavailable (circuit breaker open)")
 
-func newBreaker(name string, onOpen func()) *gobreaker.CircuitBreaker[struct{}] {
+func (r *Redis) newBreaker(name string) *gobreaker.CircuitBreaker[struct{}] {
 	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        name,
 		MaxRequests: 1,
@@ -113,21 +115,49 @@ func newBreaker(name string, onOpen func()) *gobreaker.CircuitBreaker[struct{}] 
 		},
 		// A caller that gave up says nothing about the node.
 		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
-			if to == gobreaker.StateOpen && onOpen != nil {
-				onOpen()
+		OnStateChange: func(name string, _, to gobreaker.State) {
+			if to == gobreaker.StateOpen && r.onOpen != nil {
+				r.onOpen(name)
 			}
 		},
 	})
 }
 
-// do runs op through the node's breaker.
-func (n *node) do(op func() error) error {
-	_, err := n.cb.Execute(func() (struct{}, error) { return struct{}{}, op() })
+// do runs op through the node's breaker, or, on a Cluster, through the breaker of
+// the master that serves key (master "" for the whole Cluster): one hung master
+// must not send the keys of the others to the Loader.
+func (r *Redis) do(ctx context.Context, n *node, master string, op func() error) error {
+	cb := n.cb
+	if n.cluster && master != "" {
+		b, ok := n.masters.Load(master)
+		if !ok {
+			b, _ = n.masters.LoadOrStore(master, r.newBreaker(master))
+		}
+		cb = b.(*gobreaker.CircuitBreaker[struct{}])
+	}
+	_, err := cb.Execute(func() (struct{}, error) { return struct{}{}, op() })
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-		return fmt.Errorf("%w: %s", ErrNodeUnavailable, n.name)
+		return fmt.Errorf("%w: %s", ErrNodeUnavailable, cb.Name())
 	}
 	return err
+}
+
+// master returns the address of the Cluster master that serves key on n, or "" if
+// n is not a Cluster (or its slot map is not known yet).
+func (r *Redis) master(ctx context.Context, n *node, key string) string {
+	if !n.cluster {
+		return ""
+	}
+	m, err := n.c.(*redis.ClusterClient).MasterForKey(ctx, r.Key(key))
+	if err != nil {
+		return ""
+	}
+	return m.Options().Addr
+}
+
+// doKey runs op, a call about key, through the breaker that guards it.
+func (r *Redis) doKey(ctx context.Context, n *node, key string, op func() error) error {
+	return r.do(ctx, n, r.master(ctx, n, key), op)
 }
 
 // New checks cfg and returns the shared tier. It does not contact Redis.
@@ -178,11 +208,7 @@ func (r *Redis) AddNode(n Node) (int, error) {
 	old := *r.nodes.Load()
 	idx := len(old)
 	_, cluster := n.Client.(*redis.ClusterClient)
-	var onOpen func()
-	if r.onOpen != nil {
-		onOpen = func() { r.onOpen(idx) }
-	}
-	nodes := append(old[:len(old):len(old)], &node{name: n.Name, c: n.Client, cluster: cluster, cb: newBreaker(n.Name, onOpen)})
+	nodes := append(old[:len(old):len(old)], &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name)})
 	r.nodes.Store(&nodes)
 	return idx, nil
 }
@@ -252,7 +278,7 @@ func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	var b []byte
-	err = n.do(func() (err error) {
+	err = r.doKey(ctx, n, key, func() (err error) {
 		b, err = n.c.Get(ctx, r.Key(key)).Bytes()
 		return err
 	})
@@ -289,7 +315,7 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	ms := max(ttl.Milliseconds(), 1)
-	err = n.do(func() error {
+	err = r.doKey(ctx, n, key, func() error {
 		if n.cluster {
 			return clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
 		}
@@ -317,7 +343,7 @@ func (r *Redis) set(ctx context.Context, idx int, key string, b []byte, ttl time
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	err = n.do(func() error {
+	err = r.doKey(ctx, n, key, func() error {
 		if nx {
 			return n.c.SetNX(ctx, r.Key(key), b, ttl).Err()
 		}
@@ -415,22 +441,28 @@ func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time
 // the per-call timeout. A node-level error is recorded on each of its items.
 func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, *node, []*Item) error) {
 	nodes := *r.nodes.Load()
-	groups := make(map[int][]*Item)
+	type group struct {
+		idx    int
+		master string // a Cluster is split by master, each behind its own breaker
+	}
+	groups := make(map[group][]*Item)
 	for i := range items {
 		it := &items[i]
-		if _, err := r.node(it.Node); err != nil {
+		n, err := r.node(it.Node)
+		if err != nil {
 			it.Err = err
 			continue
 		}
-		groups[it.Node] = append(groups[it.Node], it)
+		g := group{it.Node, r.master(ctx, n, it.Key)}
+		groups[g] = append(groups[g], it)
 	}
 	var wg sync.WaitGroup
-	for idx, batch := range groups {
+	for g, batch := range groups {
 		wg.Go(func() {
-			n := nodes[idx]
+			n := nodes[g.idx]
 			ctx, cancel := context.WithTimeout(ctx, r.timeout)
 			defer cancel()
-			if err := n.do(func() error { return fn(ctx, n, batch) }); err != nil {
+			if err := r.do(ctx, n, g.master, func() error { return fn(ctx, n, batch) }); err != nil {
 				err = fmt.Errorf("remote batch of %d keys on %s: %w", len(batch), n.name, err)
 				for _, it := range batch {
 					it.Err = err

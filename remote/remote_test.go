@@ -174,10 +174,10 @@ func TestWritesPublishInOrder(t *testing.T) {
 func TestBreakerFailsFastThenRecovers(t *testing.T) {
 	srv := redistest.Start(t, 1)[0]
 	const timeout = 100 * time.Millisecond
-	opened := make(chan int, 1)
+	opened := make(chan string, 1)
 	r, err := remote.New(remote.Config{
 		Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout,
-		OnBreakerOpen: func(node int) { opened <- node },
+		OnBreakerOpen: func(name string) { opened <- name },
 	})
 	if err != nil {
 		t.Fatal(err)
