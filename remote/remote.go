@@ -90,7 +90,8 @@ type node struct {
 	failures uint64            // writes that failed on the node, ever
 }
 
-// The per-node circuit breaker (github.com/sony/gobreaker/v2): after BreakerTrips
+// The circuit breakers (github.com/sony/gobreaker/v2), one per standalone node and one
+// per master of a Cluster (found with ClusterClient.MasterForKey): after BreakerTrips
 // consecutive calls that fail without an answer from Redis (timeouts, refused or
 // reset connections), calls to the node fail at once with ErrNodeUnavailable for
 // BreakerOpenFor; then one probe call is let through, and its success closes the
