@@ -235,8 +235,9 @@ func TestCloseWhileCallsInFlight(t *testing.T) {
 // concurrent Gets of keys on every master. Every Get is served (the Loader answers
 // for the hung master's keys), none waits much longer than Timeout, and the keys of
 // the healthy masters keep being served from Redis: the circuit breaker is per
-// master, so one hung master does not send the whole cluster's keys to the Loader.
-// After SIGCONT the master is read again.
+// master, so one hung master does not send the whole cluster's keys to the Loader;
+// nor does a delete that missed the hung master. After SIGCONT the missed delete is
+// replayed and the master is read again.
 func TestClusterMasterHung(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	margin := 20 * time.Millisecond
@@ -312,9 +313,33 @@ func TestClusterMasterHung(t *testing.T) {
 	s0, l0 := c.Stats(), healthyLoads.Load()
 	run(1500*time.Millisecond, "paused")
 	s1, l1 := c.Stats(), healthyLoads.Load()
+
+	// A delete that cannot reach the hung master fails and is remembered; it does
+	// not stop the other masters' keys from being read from Redis.
+	hk := hung[0]
+	src.put(hk, "v2")
+	if err := c.Delete(ctx, hk); err == nil {
+		t.Fatal("Delete of a key on a hung master succeeded")
+	}
+	hits := c.Stats().RemoteHits
+	for _, k := range healthy {
+		c.local.Invalidate(c.local.Hash(k))
+		if v, err := c.Get(ctx, k); err != nil || v != "v" {
+			t.Fatalf("Get(%q) = %q, %v", k, v, err)
+		}
+	}
+	if got := c.Stats().RemoteHits - hits; got != uint64(len(healthy)) {
+		t.Errorf("%d of %d healthy masters' keys read from Redis after a missed delete on another master", got, len(healthy))
+	}
 	if err := cluster.Nodes[0].Resume(); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "the missed delete replayed", func() bool {
+		if v, err := c.Get(ctx, hk); err != nil || v != "v2" {
+			t.Fatalf("Get(%q) after its delete failed = %q, %v; want the source's v2", hk, v, err)
+		}
+		return c.Stats().WritesReplayed >= 1
+	})
 	errs.Range(func(k, v any) bool {
 		t.Errorf("Get(%q) = %v", k, v)
 		return true

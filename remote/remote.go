@@ -261,18 +261,27 @@ func (r *Redis) node(idx int) (*node, error) {
 	return nodes[idx], nil
 }
 
-// readable returns node idx for a read, or an error if it has writes to replay.
-func (r *Redis) readable(idx int) (*node, error) {
+// readable returns node idx for a read of key, or an error if a write of key (or,
+// on a dirty node, of any key) is still to be replayed there.
+func (r *Redis) readable(idx int, key string) (*node, error) {
 	n, err := r.node(idx)
-	if err == nil && n.unsynced.Load() {
-		err = fmt.Errorf("%w: %s has writes to replay", ErrNodeUnavailable, n.name)
+	if err == nil && n.unsynced.Load() && n.blocks(key) {
+		err = fmt.Errorf("%w: %s has a missed write of %q to replay", ErrNodeUnavailable, n.name, key)
 	}
 	return n, err
 }
 
+// blocks reports whether key must not be read from n before Replay.
+func (n *node) blocks(key string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, missed := n.missed[key]
+	return n.dirty || missed
+}
+
 // Get returns the bytes stored for key on node idx, or ErrMiss.
 func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
-	n, err := r.readable(idx)
+	n, err := r.readable(idx, key)
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +379,17 @@ type Item struct {
 func (r *Redis) GetMany(ctx context.Context, items []Item) {
 	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
 		if n.unsynced.Load() {
-			return fmt.Errorf("%w: %s has writes to replay", ErrNodeUnavailable, n.name)
+			open := batch[:0:0]
+			for _, it := range batch {
+				if n.blocks(it.Key) {
+					it.Err = fmt.Errorf("%w: %s has a missed write of %q to replay", ErrNodeUnavailable, n.name, it.Key)
+				} else {
+					open = append(open, it)
+				}
+			}
+			if batch = open; len(batch) == 0 {
+				return nil
+			}
 		}
 		if !n.cluster {
 			keys := make([]string, len(batch))

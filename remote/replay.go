@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -13,12 +14,13 @@ import (
 // A Set or Delete that fails on a node (no answer in time, an error reply, a caller
 // that gave up) may or may not have changed the key there. If it did not, the node
 // keeps the old value, which every process would read again once the node answers.
-// So the node remembers the key, and reads of the node (Get, GetMany, Lease,
+// So the node remembers the key, and reads of that key there (Get, GetMany, Lease,
 // TryLease) fail with ErrNodeUnavailable, which sends the cache to its Loader, until
-// Replay has deleted every remembered key there and published their invalidation.
-// Beyond Config.MissedDeletes keys the node is dirty instead: Replay then unlinks every
-// key of the namespace on it (SCAN + UNLINK) and publishes a flush, which makes every
-// process drop its near-cache entries of the node.
+// Replay has deleted it there and published its invalidation; other keys are read
+// as usual (on a Cluster, a hung master's missed writes do not block the others).
+// Beyond Config.MissedDeletes keys the node is dirty instead, and none of its keys is
+// read until Replay has unlinked every key of the namespace on it (SCAN + UNLINK) and
+// published a flush, which makes every process drop its near-cache entries of the node.
 //
 // The memory is this process's: another process that reads the node after it answers
 // again and before this one's Replay can read the old value, until the replay's
@@ -89,11 +91,20 @@ func (r *Redis) Replay(ctx context.Context, idx int, flush []byte, payload func(
 		return 0, true, nil
 	}
 
+	size := replayBatch
+	if n.cluster {
+		size = 1 // one script per key; a key on a hung master does not hold up the rest
+	}
+	var errs []error
 	for len(batch) > 0 {
-		chunk := batch[:min(len(batch), replayBatch)]
+		chunk := batch[:min(len(batch), size)]
 		batch = batch[len(chunk):]
 		if err := r.delOn(ctx, n, chunk, payload); err != nil {
-			return keys, false, fmt.Errorf("remote: replaying deletes on %s: %w", n.name, err)
+			errs = append(errs, err)
+			if !n.cluster || ctx.Err() != nil {
+				break
+			}
+			continue
 		}
 		keys += len(chunk)
 		n.mu.Lock()
@@ -107,6 +118,9 @@ func (r *Redis) Replay(ctx context.Context, idx int, flush []byte, payload func(
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.unsynced.Store(n.dirty || len(n.missed) > 0)
+	if len(errs) > 0 {
+		return keys, false, fmt.Errorf("remote: replaying deletes on %s: %w", n.name, errors.Join(errs...))
+	}
 	return keys, false, nil
 }
 
