@@ -77,10 +77,11 @@
 //     Loader answers.
 //   - Missed writes. A Set or Delete that cannot be confirmed on the key's node (down,
 //     hung, breaker open, an error reply) returns an error, and the Cache remembers the
-//     key (at most Options.MissedDeletes per node). This Cache reads nothing from that
-//     node, loading from the source instead, until the remembered keys have been
-//     deleted there, with their invalidations, which happens as soon as the node
-//     answers (within Options.HealthCheck). Past the bound the node is cleared of the
+//     key (at most Options.MissedDeletes per node). This Cache does not read that key
+//     from that node, loading it from the source instead, until it has been deleted
+//     there, with its invalidation, which happens as soon as the node answers (within
+//     Options.HealthCheck). Past the bound no key of the node is read until it is
+//     cleared of the
 //     namespace's keys (SCAN + UNLINK) and a flush message makes every process drop its
 //     near-cache entries of the node. Another process may read a value the write should
 //     have replaced from the node in the moment between its return and the replay
