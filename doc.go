@@ -80,13 +80,12 @@
 //     key (at most Options.MissedDeletes per node). This Cache does not read that key
 //     from that node, loading it from the source instead, until it has been deleted
 //     there, with its invalidation, which happens as soon as the node answers (within
-//     Options.HealthCheck). Past the bound no key of the node is read until it is
-//     cleared of the
-//     namespace's keys (SCAN + UNLINK) and a flush message makes every process drop its
-//     near-cache entries of the node. Another process may read a value the write should
-//     have replaced from the node in the moment between its return and the replay
-//     (TestMissedDeletesReplayed measures that window; the replay's invalidation
-//     evicts any copy taken then).
+//     Options.HealthCheck). Past the bound no key of the node is read until the node
+//     is cleared of the namespace's keys (SCAN + UNLINK) and a flush message has made
+//     every process drop its near-cache entries of the node. Another process may read
+//     a value the write should have replaced from the node in the moment between its
+//     return and the replay (TestMissedDeletesReplayed measures that window; the
+//     replay's invalidation evicts any copy taken then).
 //   - Runtime membership. AddNode and RemoveNode change the ring while the Cache
 //     serves: about 1/N of the keys move to a new node, a removed node's keys spread
 //     over the others. A joining node is cleared of the namespace's keys before it
