@@ -123,10 +123,12 @@ func TestRedisCluster(t *testing.T) {
 	}
 }
 
-// Close leaves no connection behind: the clients it created from Options.Addrs
-// (data and pub/sub) are closed, and each node's CLIENT LIST is back to its baseline.
+// TestCloseReleasesConnections: Close leaves no connection behind: the clients it
+// created (from Options.Addrs and by AddNode; data and pub/sub) are closed, and the
+// nodes' CLIENT LIST is back to its baseline, nodes added and removed at run time
+// included.
 func TestCloseReleasesConnections(t *testing.T) {
-	servers := redistest.Start(t, 3)
+	servers := redistest.Start(t, 4)
 	count := func() int {
 		n := 0
 		for _, s := range servers {
@@ -144,7 +146,7 @@ func TestCloseReleasesConnections(t *testing.T) {
 	}
 	baseline := count() // the probes' own connections
 	var addrs []string
-	for _, s := range servers {
+	for _, s := range servers[:3] {
 		addrs = append(addrs, s.Addr())
 	}
 	src := newSource()
@@ -153,16 +155,28 @@ func TestCloseReleasesConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	for i := range 50 {
-		k := fmt.Sprint("k", i)
-		src.put(k, "v")
-		if _, err := c.Get(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.Set(ctx, k, "w"); err != nil {
-			t.Fatal(err)
+	use := func() {
+		for i := range 50 {
+			k := fmt.Sprint("k", i)
+			src.put(k, "v")
+			if _, err := c.Get(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Set(ctx, k, "w"); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	use()
+	// Membership changes: a node added by address (the Cache makes its client) and one
+	// removed (its client and subscription live on through the handoff, until Close).
+	if err := c.AddNode(ctx, Node{Name: servers[3].Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveNode(ctx, servers[0].Addr()); err != nil {
+		t.Fatal(err)
+	}
+	use()
 	if during := count(); during <= baseline {
 		t.Fatalf("%d connections while in use, baseline %d: the test measures nothing", during, baseline)
 	}
