@@ -534,54 +534,6 @@ func TestFailOpen(t *testing.T) {
 	}
 }
 
-func TestBadInput(t *testing.T) {
-	servers := redistest.Start(t, 1)
-	o := ringOpts[string](t, servers)
-	o.MaxKeySize = 16
-	o.MaxValueSize = 32
-	noLoader := newCache(t, o)
-	closed, err := New(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := closed.Close(); err != nil {
-		t.Fatal(err)
-	}
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
-	ctx := context.Background()
-	long := strings.Repeat("k", 17)
-	for _, tc := range []struct {
-		name string
-		call func() error
-		want error
-	}{
-		{"Get empty key", func() error { _, err := noLoader.Get(ctx, ""); return err }, ErrInvalidKey},
-		{"Get long key", func() error { _, err := noLoader.Get(ctx, long); return err }, ErrInvalidKey},
-		{"Set empty key", func() error { return noLoader.Set(ctx, "", "v") }, ErrInvalidKey},
-		{"Delete empty key", func() error { return noLoader.Delete(ctx, "a", "") }, ErrInvalidKey},
-		{"GetMany empty key", func() error { _, err := noLoader.GetMany(ctx, []string{"a", ""}); return err }, ErrInvalidKey},
-		{"miss without Loader", func() error { _, err := noLoader.Get(ctx, "nothing"); return err }, ErrNotFound},
-		{"value over MaxValueSize", func() error { return noLoader.Set(ctx, "big", strings.Repeat("x", 33)) }, ErrValueTooLarge},
-		{"cancelled ctx", func() error { _, err := noLoader.Get(cancelled, "k"); return err }, context.Canceled},
-		{"Get after Close", func() error { _, err := closed.Get(ctx, "k"); return err }, ErrClosed},
-		{"GetMany after Close", func() error { _, err := closed.GetMany(ctx, []string{"k"}); return err }, ErrClosed},
-		{"Set after Close", func() error { return closed.Set(ctx, "k", "v") }, ErrClosed},
-		{"Delete after Close", func() error { return closed.Delete(ctx, "k") }, ErrClosed},
-		{"Close twice", func() error { return closed.Close() }, nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if err := tc.call(); !errors.Is(err, tc.want) || (tc.want == nil && err != nil) {
-				t.Fatalf("error = %v, want %v", err, tc.want)
-			}
-		})
-	}
-	// The rejected value left nothing behind.
-	if _, err := noLoader.Get(ctx, "big"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Get(big) after a rejected Set = %v, want ErrNotFound", err)
-	}
-}
-
 func TestOptionsErrors(t *testing.T) {
 	noTimeout := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer noTimeout.Close()
