@@ -146,15 +146,16 @@ func report(b *testing.B, p Peer, r *results, tiers Tiers, loads uint64) {
 }
 
 // open starts one replica of p over nodes (Nodes[0] only if p cannot shard) with src
-// as its Loader, and closes it when the benchmark ends.
-func open(b *testing.B, p Peer, nodes []string, src *Source) System {
+// as its Loader; it fails b if the system cannot start, and closes the replica when
+// owner ends (b itself, or the parent benchmark of a reused fixture).
+func open(b, owner *testing.B, p Peer, nodes []string, src *Source) System {
 	s, err := newSystem(p, nodes, src)
 	if err != nil {
 		b.Fatalf("%s: %v", p.Name, err)
 	}
-	b.Cleanup(func() {
+	owner.Cleanup(func() {
 		if err := s.Close(); err != nil {
-			b.Errorf("%s: Close: %v", p.Name, err)
+			owner.Errorf("%s: Close: %v", p.Name, err)
 		}
 	})
 	return s
@@ -167,10 +168,10 @@ func newSystem(p Peer, nodes []string, src *Source) (System, error) {
 	return p.New(defaultConfig(nodes, src.Load))
 }
 
-func openReplicas(b *testing.B, p Peer, nodes []string, src *Source) []System {
+func openReplicas(b, owner *testing.B, p Peer, nodes []string, src *Source) []System {
 	reps := make([]System, replicas)
 	for i := range reps {
-		reps[i] = open(b, p, nodes, src)
+		reps[i] = open(b, owner, p, nodes, src)
 	}
 	return reps
 }
@@ -210,16 +211,19 @@ func parallel(n int, f func(i int) error) error {
 	return nil
 }
 
-// populate writes version 0 of every key through sys (setup, untimed), retrying a
-// write that fails: on a loaded machine tiered's 100 ms per-call timeout can expire.
+// populate writes version 0 of every key through sys (setup, untimed). A write that
+// fails is retried after a pause, for up to 10 s: on a loaded machine tiered's 100 ms
+// per-call timeout can expire, and three timeouts open a node's circuit breaker for a
+// second.
 func populate(sys System, keys []string) error {
 	ctx := context.Background()
 	return parallel(len(keys), func(i int) error {
 		var err error
-		for range 5 {
+		for range 50 {
 			if err = sys.Set(ctx, keys[i], makeValue(0)); err == nil {
 				return nil
 			}
+			<-time.After(200 * time.Millisecond) // back off: the node is overloaded
 		}
 		return err
 	})
