@@ -236,7 +236,7 @@ func benchStampede(b *testing.B, p Peer) {
 	src := NewSource(loadDelay, p.Name+"/st", 0)
 	reps := openReplicas(b, b, p, scratchNodes.flushed(b), src)
 	t0, l0 := sumTiers(reps), src.Loads()
-	var r results
+	var r tally
 	lat := make([]time.Duration, stampedeGoroutines)
 	errs := make([]error, stampedeGoroutines)
 	b.ReportAllocs()

@@ -37,18 +37,36 @@ var timerCost = sync.OnceValue(func() time.Duration {
 	return d[len(d)/2]
 })
 
-// worker is one benchmark goroutine's private counters, merged once at its end so
-// that counting costs no shared cache line per operation.
-type worker struct {
-	id     int
-	every  int
-	n      int
+// tally is what the benchmark goroutines count: each in its own, merged once at its
+// end, so that counting costs no shared cache line per operation.
+type tally struct {
 	lat    []time.Duration
 	reads  uint64
 	stale  [len(coherenceDeltas)]uint64 // reads stale with respect to each Δ
 	maxAge time.Duration                // the oldest superseded value a read returned
 	failed uint64                       // writes that returned an error (never acknowledged)
 	err    error                        // a read that failed: ends the benchmark
+}
+
+func (t *tally) add(u *tally) {
+	t.lat = append(t.lat, u.lat...)
+	t.reads += u.reads
+	for j := range t.stale {
+		t.stale[j] += u.stale[j]
+	}
+	t.maxAge = max(t.maxAge, u.maxAge)
+	t.failed += u.failed
+	if t.err == nil {
+		t.err = u.err
+	}
+}
+
+// worker is one benchmark goroutine: its tally and its latency sampling.
+type worker struct {
+	tally
+	id    int
+	every int // time one operation in every
+	n     int
 }
 
 // start returns the time if this operation is to be timed, else the zero Time.
@@ -66,36 +84,13 @@ func (w *worker) stop(t time.Time) {
 	}
 }
 
-// results gathers the workers of one benchmark run.
-type results struct {
-	mu     sync.Mutex
-	lat    []time.Duration
-	reads  uint64
-	stale  [len(coherenceDeltas)]uint64
-	maxAge time.Duration
-	failed uint64
-	err    error
-}
-
-func (r *results) merge(w *worker) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.lat = append(r.lat, w.lat...)
-	r.reads += w.reads
-	for j := range r.stale {
-		r.stale[j] += w.stale[j]
-	}
-	r.maxAge = max(r.maxAge, w.maxAge)
-	r.failed += w.failed
-	if r.err == nil {
-		r.err = w.err
-	}
-}
-
 // runParallel runs body on b.RunParallel's goroutines (b.SetParallelism(par) if
 // par > 0), each with its own worker; every-th operation is timed.
-func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.PB)) *results {
-	var r results
+func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.PB)) *tally {
+	var (
+		mu sync.Mutex // protects r
+		r  tally
+	)
 	var ids atomic.Int64
 	if par > 0 {
 		b.SetParallelism(par)
@@ -103,9 +98,12 @@ func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		w := &worker{id: int(ids.Add(1) - 1), every: every, lat: make([]time.Duration, 0, 1024)}
+		w := &worker{id: int(ids.Add(1) - 1), every: every}
+		w.lat = make([]time.Duration, 0, 1024)
 		body(w, pb)
-		r.merge(w)
+		mu.Lock()
+		r.add(&w.tally)
+		mu.Unlock()
 	})
 	b.StopTimer()
 	if r.err != nil {
@@ -116,7 +114,7 @@ func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.
 
 // report reports the run's metrics: ops/s, latency percentiles, the share of reads
 // each tier answered, and Loader calls per operation.
-func report(b *testing.B, p Peer, r *results, tiers Tiers, loads uint64) {
+func report(b *testing.B, p Peer, r *tally, tiers Tiers, loads uint64) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
 	if len(r.lat) > 0 {
 		slices.Sort(r.lat)
