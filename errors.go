@@ -12,7 +12,8 @@ var (
 	// is cached in both tiers for Options.NegativeTTL.
 	ErrNotFound = errors.New("tiered: not found")
 
-	// ErrClosed is returned by every method called after Close.
+	// ErrClosed is returned by every method called after Close (after its arguments
+	// are checked: an invalid key is ErrInvalidKey first).
 	ErrClosed = errors.New("tiered: cache closed")
 
 	// ErrInvalidKey is returned for an empty key or one longer than Options.MaxKeySize.

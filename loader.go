@@ -134,6 +134,7 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 		absent = true
 	default:
 		c.stats.loadErrors.Add(1)
+		c.releaseLease(ctx, node, key, token)
 		return flight[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
 	}
 	if c.afterLoad != nil {
@@ -141,6 +142,7 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 	}
 	frame, ttl, ok := c.frame(key, v, absent)
 	if !ok {
+		c.releaseLease(ctx, node, key, token)
 		return flight[V]{v: v}, nil
 	}
 	if write {
@@ -168,6 +170,17 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 	// calling the Loader again: microseconds, against the Loader's milliseconds.
 	c.local.Wait()
 	return flight[V]{v: v, absent: absent}, nil
+}
+
+// releaseLease gives up a lease whose load fills nothing (best effort: it expires
+// anyway), so that the next miss of key does not wait for it.
+func (c *Cache[V]) releaseLease(ctx context.Context, node int, key, token string) {
+	if token == "" {
+		return
+	}
+	if err := c.shared.ReleaseLease(context.WithoutCancel(ctx), node, key, token); err != nil {
+		c.opts.Logger.Debug("tiered: lease not released; it will expire", "key", key, "err", err)
+	}
 }
 
 // Lease polling backs off from leasePollMin to leasePollMax between attempts.
@@ -314,6 +327,7 @@ func (c *Cache[V]) refresh(key string) {
 	if err != nil && !absent {
 		c.stats.loadErrors.Add(1)
 		c.opts.Logger.Warn("tiered: refresh load failed; the old value stays until its TTL", "key", key, "err", err)
+		c.releaseLease(ctx, node, key, token)
 		return
 	}
 	if absent {
@@ -324,6 +338,7 @@ func (c *Cache[V]) refresh(key string) {
 	}
 	frame, ttl, ok := c.frame(key, v, absent)
 	if !ok {
+		c.releaseLease(ctx, node, key, token)
 		return
 	}
 	if err := c.shared.FillLeased(ctx, node, key, token, frame, ttl); err != nil {

@@ -82,6 +82,7 @@ type sharedTier interface {
 	Lease(ctx context.Context, node int, key, token string, ttl time.Duration) ([]byte, remote.LeaseState, error)
 	FillLeased(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
 	TryLease(ctx context.Context, node int, key, token string, ttl, threshold time.Duration) (bool, error)
+	ReleaseLease(ctx context.Context, node int, key, token string) error
 }
 
 var _ sharedTier = (*remote.Redis)(nil)
@@ -114,6 +115,7 @@ func (noShared) FillLeased(context.Context, int, string, string, []byte, time.Du
 func (noShared) TryLease(context.Context, int, string, string, time.Duration, time.Duration) (bool, error) {
 	return true, nil
 }
+func (noShared) ReleaseLease(context.Context, int, string, string) error { return nil }
 
 // New returns a Cache configured by opts. It validates opts and starts one
 // invalidation subscriber per Redis node, waiting up to Options.Timeout for their
@@ -615,7 +617,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		if !sr.failed {
 			it.Err = nil // load and fill; a non-nil Err keeps the failed node out of the fill
 		}
-		it.Val = nil
+		it.Val, it.Overwrite = nil, sr.corrupt // undecodable bytes are replaced, as by Get
 		toLoad = append(toLoad, it)
 	}
 	if len(toLoad) == 0 || (c.opts.Loader == nil && c.opts.BatchLoader == nil) {
@@ -635,7 +637,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		frame, ttl, ok := c.frame(it.Key, r.v, r.absent)
 		if ok {
 			if it.Err == nil { // skip nodes that failed the read
-				fills = append(fills, remote.Item{Key: it.Key, Node: it.Node, Val: frame})
+				fills = append(fills, remote.Item{Key: it.Key, Node: it.Node, Val: frame, Overwrite: it.Overwrite})
 				ttls = append(ttls, ttl)
 			}
 			c.storeLocal(misses[it.Key].f, it.Key, r.v, r.absent, int64(len(frame)), ttl)

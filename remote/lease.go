@@ -48,6 +48,32 @@ end
 return 0
 `)
 
+// releaseLeaseScript: KEYS = lease key; ARGV = token. Deletes the lease only while
+// token holds it.
+var releaseLeaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// ReleaseLease gives up key's lease if token still holds it: for a load that fills
+// nothing (the Loader failed, or its value is not cached), so that the next miss,
+// here or in another process, loads at once rather than waiting out the lease.
+func (r *Redis) ReleaseLease(ctx context.Context, idx int, key, token string) error {
+	n, err := r.node(idx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	err = r.doKey(ctx, n, key, func() error {
+		return releaseLeaseScript.Run(ctx, n.c, []string{r.LeaseKey(key)}, token).Err()
+	})
+	if err != nil {
+		return fmt.Errorf("remote release lease %q on %s: %w", key, n.name, err)
+	}
+	return nil
+}
+
 // LeaseKey returns the Redis key of key's lease.
 func (r *Redis) LeaseKey(key string) string { return r.Key(key) + ":lease" }
 
@@ -59,7 +85,7 @@ func NewToken() string {
 // Lease looks key up once more and, if it is still missing, tries to take its lease
 // with token for ttl.
 func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.Duration) ([]byte, LeaseState, error) {
-	n, err := r.readable(idx)
+	n, err := r.readable(idx, key)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -125,7 +151,7 @@ return 0
 // value's time left in Redis is at most threshold (nobody refreshed it yet) and no one
 // holds the lease. It reports whether it won.
 func (r *Redis) TryLease(ctx context.Context, idx int, key, token string, ttl, threshold time.Duration) (bool, error) {
-	n, err := r.readable(idx)
+	n, err := r.readable(idx, key)
 	if err != nil {
 		return false, err
 	}

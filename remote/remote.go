@@ -371,6 +371,9 @@ type Item struct {
 	Node int
 	Val  []byte // GetMany: the bytes found (nil on a miss); FillMany: the bytes to store
 	Err  error  // GetMany: ErrMiss, or the error reaching the node
+	// Overwrite makes FillMany replace what is stored (undecodable bytes) rather
+	// than fill only an absent key.
+	Overwrite bool
 }
 
 // GetMany looks up items on their nodes: one round trip per node (MGET on a
@@ -435,18 +438,23 @@ func (r *Redis) GetMany(ctx context.Context, items []Item) {
 	})
 }
 
-// FillMany stores each item's Val with SET NX PX ttls[i], one pipeline per node, the
-// nodes in parallel. Per-item errors are written into the items.
+// FillMany stores each item's Val with SET NX PX ttls[i] (SET PX if the item is
+// marked Overwrite), one pipeline per node, the nodes in parallel. Per-item errors
+// are written into the items.
 func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time.Duration) {
 	pos := make(map[*Item]int, len(items))
 	for i := range items {
 		pos[&items[i]] = i
 	}
 	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
-		cmds := make([]*redis.BoolCmd, len(batch))
+		cmds := make([]redis.Cmder, len(batch))
 		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, it := range batch {
-				cmds[i] = p.SetNX(ctx, r.Key(it.Key), it.Val, ttl(pos[it]))
+				if it.Overwrite {
+					cmds[i] = p.Set(ctx, r.Key(it.Key), it.Val, ttl(pos[it]))
+				} else {
+					cmds[i] = p.SetNX(ctx, r.Key(it.Key), it.Val, ttl(pos[it]))
+				}
 			}
 			return nil
 		})
