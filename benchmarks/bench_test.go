@@ -82,10 +82,11 @@ type nearFixture struct {
 func newNearFixture(parent, b *testing.B, p Peer) *nearFixture {
 	f := &nearFixture{src: NewSource(loadDelay, p.Name+"/n", nearKeys)}
 	f.keys = f.src.Keys()
-	f.sys = open(b, parent, p, scratchNodes.flushed(b), f.src)
-	if err := populate(f.sys, f.keys); err != nil {
+	nodes := scratchNodes.flushed(b)
+	if err := populateThrough(p, nodes, f.src, f.keys); err != nil {
 		b.Fatal(err)
 	}
+	f.sys = open(b, parent, p, nodes, f.src)
 	warmNear(b, p, f.sys, f.keys)
 	return f
 }

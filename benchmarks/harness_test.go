@@ -160,10 +160,16 @@ func open(b, owner *testing.B, p Peer, nodes []string, src *Source) System {
 }
 
 func newSystem(p Peer, nodes []string, src *Source) (System, error) {
+	return p.New(config(p, nodes, src))
+}
+
+// config is p's configuration over nodes (Nodes[0] only if p cannot shard) with src as
+// its Loader.
+func config(p Peer, nodes []string, src *Source) Config {
 	if !p.Shards {
 		nodes = nodes[:1]
 	}
-	return p.New(defaultConfig(nodes, src.Load))
+	return defaultConfig(nodes, src.Load)
 }
 
 func openReplicas(b, owner *testing.B, p Peer, nodes []string, src *Source) []System {
@@ -209,32 +215,27 @@ func parallel(n int, f func(i int) error) error {
 	return nil
 }
 
-// populate writes version 0 of every key through sys (setup, untimed). A write that
-// fails is retried after a pause, for up to 10 s: on a loaded machine tiered's 100 ms
-// per-call timeout can expire, and three timeouts open a node's circuit breaker for a
-// second.
-func populate(sys System, keys []string) error {
-	ctx := context.Background()
-	return parallel(len(keys), func(i int) error {
-		var err error
-		for range 50 {
-			if err = sys.Set(ctx, keys[i], makeValue(0)); err == nil {
-				return nil
-			}
-			<-time.After(200 * time.Millisecond) // back off: the node is overloaded
-		}
-		return err
-	})
-}
-
-// populateThrough populates keys through a replica of p of its own, which it closes,
-// so that no replica of the measured run has them in its near-cache.
+// populateThrough writes version 0 of every key through a replica of p of its own
+// (setup, untimed), which it then closes, so that no replica of the measured run has
+// the keys in its near-cache. That replica's Redis calls may take up to 5 s (see
+// Config.Timeout), and a failed write is tried again, a few times.
 func populateThrough(p Peer, nodes []string, src *Source, keys []string) error {
-	s, err := newSystem(p, nodes, src)
+	cfg := config(p, nodes, src)
+	cfg.Timeout = 5 * time.Second
+	s, err := p.New(cfg)
 	if err != nil {
 		return err
 	}
-	err = populate(s, keys)
+	ctx := context.Background()
+	err = parallel(len(keys), func(i int) error {
+		var err error
+		for range 3 {
+			if err = s.Set(ctx, keys[i], makeValue(0)); err == nil {
+				return nil
+			}
+		}
+		return err
+	})
 	return errors.Join(err, s.Close())
 }
 

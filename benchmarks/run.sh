@@ -100,6 +100,9 @@ Every system is one adapter file (`sys_*.go`) behind the same `System` interface
 `Get` whose misses end at the same Loader, and a write-through `Set`. All get the same TTLs (1 h in
 Redis, 1 min in a near-cache) and near-caches big enough for every key of every workload (64 MiB
 where bounded in bytes, 131072 entries where bounded in entries), so none evicts for lack of room.
+Otherwise each library's defaults, tiered's included (100 ms per Redis call, then fail open); only the
+replica that writes a keyspace into Redis before the measured runs gets a 5 s per-call bound, so
+that a loaded machine cannot fail the setup.
 
 | system | near-cache | shared tier | keeps other replicas' near-caches coherent | loader dedup |
 |---|---|---|---|---|

@@ -25,6 +25,7 @@ func newTiered(cfg Config) (System, error) {
 		TTL:          cfg.TTL,
 		LocalTTL:     cfg.LocalTTL,
 		LocalMaxCost: cfg.NearBytes,
+		Timeout:      cfg.Timeout,
 	})
 	if err != nil {
 		return nil, err

@@ -53,6 +53,10 @@ type Config struct {
 	// 60 bytes), so no near-cache evicts for want of room.
 	NearBytes   int64
 	NearEntries int
+	// Timeout, if not zero, bounds each Redis call of a system that takes such a
+	// bound (tiered; its default is 100 ms). Only the replicas that populate Redis
+	// before a run set it, so that a loaded machine cannot fail the setup.
+	Timeout time.Duration
 }
 
 // Peer describes one system under test.
