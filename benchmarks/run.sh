@@ -129,8 +129,8 @@ Notes:
   near-cache budget each and `MaxStaleness` = the near-cache TTL.
 - **go-redis/cache v9.0.0** was served by the proxy and is used as documented: `Once` over a
   `redis.Ring` with its `TinyLFU` local cache.
-- **eko/gocache and jetcache-go are not available** from the module proxy here, so they are not
-  compared.
+- **eko/gocache and jetcache-go are not available** from the module proxy here (it answers 403 for
+  `github.com/eko/gocache/lib/v4` and `github.com/mgtv-tech/jetcache-go`), so they are not compared.
 - The `ristretto` and `otter` rows are what one gets by putting an in-process cache in front of
   go-redis by hand: fast, and without any invalidation between replicas.
 - `tiered-1node` runs the same code as `tiered`. In NearHit, where Redis plays no part, the gap
