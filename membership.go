@@ -94,8 +94,8 @@ func (c *Cache[V]) AddNode(ctx context.Context, n Node) error {
 	if err := c.ring.Add(n.Name); err != nil { // cannot fail: the name was checked under memberMu
 		return fmt.Errorf("tiered: AddNode: %w", err)
 	}
-	if got, _ := c.ring.Index(n.Name); got != idx {
-		panic(fmt.Sprintf("tiered: ring index %d != node index %d", got, idx))
+	if got, _ := c.ring.Index(n.Name); got != idx { // both append under memberMu: cannot differ
+		return fmt.Errorf("tiered: AddNode: ring index %d and node index %d of %q differ", got, idx, n.Name)
 	}
 	c.handoff.Store(&handoff{prev: prev, until: time.Now().Add(c.opts.TTL)})
 	c.stats.nodesAdded.Add(1)
