@@ -59,19 +59,9 @@ return 0
 // nothing (the Loader failed, or its value is not cached), so that the next miss,
 // here or in another process, loads at once rather than waiting out the lease.
 func (r *Redis) ReleaseLease(ctx context.Context, idx int, key, token string) error {
-	n, err := r.node(idx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	err = r.doKey(ctx, n, key, func() error {
+	return r.call(ctx, idx, key, "release lease", false, func(ctx context.Context, n *node) error {
 		return releaseLeaseScript.Run(ctx, n.c, []string{r.LeaseKey(key)}, token).Err()
 	})
-	if err != nil {
-		return fmt.Errorf("remote release lease %q on %s: %w", key, n.name, err)
-	}
-	return nil
 }
 
 // LeaseKey returns the Redis key of key's lease.
@@ -85,19 +75,13 @@ func NewToken() string {
 // Lease looks key up once more and, if it is still missing, tries to take its lease
 // with token for ttl.
 func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.Duration) ([]byte, LeaseState, error) {
-	n, err := r.readable(idx, key)
-	if err != nil {
-		return nil, 0, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
 	var res any
-	err = r.doKey(ctx, n, key, func() (err error) {
+	err := r.call(ctx, idx, key, "lease", true, func(ctx context.Context, n *node) (err error) {
 		res, err = leaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Result()
 		return err
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("remote lease %q on %s: %w", key, n.name, err)
+		return nil, 0, err
 	}
 	switch v := res.(type) {
 	case string:
@@ -108,7 +92,7 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 		}
 		return nil, LeaseHeld, nil
 	}
-	return nil, 0, fmt.Errorf("remote lease %q on %s: unexpected reply %T", key, n.name, res)
+	return nil, 0, fmt.Errorf("remote lease %q on %s: unexpected reply %T", key, r.Name(idx), res)
 }
 
 // ErrLeaseLost reports that a lease was voided (by a Set or Delete) or expired
@@ -118,24 +102,15 @@ var ErrLeaseLost = errors.New("remote: lease lost")
 // FillLeased stores b for key for ttl if token still holds key's lease, and releases
 // the lease. It returns ErrLeaseLost if the lease is gone.
 func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []byte, ttl time.Duration) error {
-	n, err := r.node(idx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
 	var wrote int
-	err = r.doKey(ctx, n, key, func() (err error) {
+	err := r.call(ctx, idx, key, "fill", false, func(ctx context.Context, n *node) (err error) {
 		wrote, err = fillLeasedScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, b, max(ttl.Milliseconds(), 1)).Int()
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("remote fill %q on %s: %w", key, n.name, err)
-	}
-	if wrote == 0 {
+	if err == nil && wrote == 0 {
 		return ErrLeaseLost
 	}
-	return nil
+	return err
 }
 
 // refreshLeaseScript: KEYS = value key, lease key; ARGV = token, lease ttl in ms,
@@ -151,20 +126,11 @@ return 0
 // value's time left in Redis is at most threshold (nobody refreshed it yet) and no one
 // holds the lease. It reports whether it won.
 func (r *Redis) TryLease(ctx context.Context, idx int, key, token string, ttl, threshold time.Duration) (bool, error) {
-	n, err := r.readable(idx, key)
-	if err != nil {
-		return false, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
 	var won int
-	err = r.doKey(ctx, n, key, func() (err error) {
+	err := r.call(ctx, idx, key, "lease", true, func(ctx context.Context, n *node) (err error) {
 		won, err = refreshLeaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)},
 			token, max(ttl.Milliseconds(), 1), threshold.Milliseconds()).Int()
 		return err
 	})
-	if err != nil {
-		return false, fmt.Errorf("remote lease %q on %s: %w", key, n.name, err)
-	}
-	return won == 1, nil
+	return won == 1, err
 }

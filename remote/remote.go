@@ -279,27 +279,36 @@ func (n *node) blocks(key string) bool {
 	return n.dirty || missed
 }
 
-// Get returns the bytes stored for key on node idx, or ErrMiss.
-func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
-	n, err := r.readable(idx, key)
+// call runs op, one call about key on node idx, bounded by the per-call timeout and
+// guarded by the key's breaker. A read is refused (ErrNodeUnavailable) while key has
+// a missed write to replay there. Errors name the operation, the key and the node.
+func (r *Redis) call(ctx context.Context, idx int, key, what string, read bool, op func(context.Context, *node) error) error {
+	n, err := r.node(idx)
+	if read {
+		n, err = r.readable(idx, key)
+	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
+	if err := r.doKey(ctx, n, key, func() error { return op(ctx, n) }); err != nil {
+		return fmt.Errorf("remote %s %q on %s: %w", what, key, n.name, err)
+	}
+	return nil
+}
+
+// Get returns the bytes stored for key on node idx, or ErrMiss.
+func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 	var b []byte
-	err = r.doKey(ctx, n, key, func() (err error) {
+	err := r.call(ctx, idx, key, "get", true, func(ctx context.Context, n *node) (err error) {
 		b, err = n.c.Get(ctx, r.Key(key)).Bytes()
 		return err
 	})
-	switch {
-	case err == nil:
-		return b, nil
-	case errors.Is(err, redis.Nil):
+	if errors.Is(err, redis.Nil) {
 		return nil, ErrMiss
-	default:
-		return nil, fmt.Errorf("remote get %q on %s: %w", key, n.name, err)
 	}
+	return b, err
 }
 
 // Fill stores b for key on node idx for ttl unless a value is already there (SET NX):
@@ -318,24 +327,19 @@ func (r *Redis) Repair(ctx context.Context, idx int, key string, b []byte, ttl t
 // invalidation channel, atomically (see scripts.go). An error means the write may or
 // may not have happened, and its message may or may not have been published.
 func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, payload []byte) error {
-	n, err := r.node(idx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
 	ms := max(ttl.Milliseconds(), 1)
-	err = r.doKey(ctx, n, key, func() error {
+	err := r.call(ctx, idx, key, "set", false, func(ctx context.Context, n *node) error {
 		if n.cluster {
 			return clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
 		}
 		return setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
 	})
 	if err != nil {
-		r.remember(n, key)
-		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
+		if n, nerr := r.node(idx); nerr == nil {
+			r.remember(n, key)
+		}
 	}
-	return nil
+	return err
 }
 
 // Channel returns the invalidation channel every node publishes on.
@@ -347,22 +351,12 @@ func (r *Redis) Client(idx int) redis.UniversalClient { return (*r.nodes.Load())
 func newEpoch() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 func (r *Redis) set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, nx bool) error {
-	n, err := r.node(idx)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	err = r.doKey(ctx, n, key, func() error {
+	return r.call(ctx, idx, key, "set", false, func(ctx context.Context, n *node) error {
 		if nx {
 			return n.c.SetNX(ctx, r.Key(key), b, ttl).Err()
 		}
 		return n.c.Set(ctx, r.Key(key), b, ttl).Err()
 	})
-	if err != nil {
-		return fmt.Errorf("remote set %q on %s: %w", key, n.name, err)
-	}
-	return nil
 }
 
 // Item is one key of a batch, with the node that owns it.
