@@ -111,8 +111,11 @@ func (r *Redis) newBreaker(name string) *gobreaker.CircuitBreaker[struct{}] {
 		Timeout:     BreakerOpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= BreakerTrips },
 		IsSuccessful: func(err error) bool {
-			var reply redis.Error // the node answered
-			return err == nil || errors.Is(err, redis.Nil) || errors.As(err, &reply)
+			if err == nil || errors.Is(err, redis.Nil) {
+				return true
+			}
+			var reply redis.Error // the node answered (declared here: it escapes)
+			return errors.As(err, &reply)
 		},
 		// A caller that gave up says nothing about the node.
 		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
