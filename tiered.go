@@ -316,6 +316,11 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 		// it. It is bounded by Options.Timeout, which also bounds how long a caller
 		// whose ctx ends may stay in it.
 		r, _, _ := c.reads.Do(fk, func() (any, error) {
+			if _, loading := c.loading.Load(fk); loading {
+				// The read this caller missed has just ended in a load: join it
+				// (below) rather than read the shared tier a second time.
+				return shared[V]{}, nil
+			}
 			sr := c.readShared(context.WithoutCancel(ctx), key, node, f)
 			if !sr.hit {
 				// Start the load before releasing the callers of this read, so
