@@ -16,8 +16,8 @@ import (
 
 	"github.com/tieredcache/tiered/internal/envelope"
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/local"
-	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/internal/local"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // badEnv is one row's world: its own namespace on the shared 3-node ring, its own

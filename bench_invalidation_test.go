@@ -20,7 +20,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/invalidation"
+	"github.com/tieredcache/tiered/internal/invalidation"
 )
 
 func reportLatency(b *testing.B, lat []time.Duration) {

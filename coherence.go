@@ -3,7 +3,7 @@ package tiered
 import (
 	"time"
 
-	"github.com/tieredcache/tiered/invalidation"
+	"github.com/tieredcache/tiered/internal/invalidation"
 )
 
 // busHandler applies what the invalidation subscribers learn to the near-cache.

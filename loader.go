@@ -7,8 +7,8 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/tieredcache/tiered/local"
-	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/internal/local"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // Loader loads the value of a key from the source of truth (a database, a service) on

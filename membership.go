@@ -9,9 +9,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/invalidation"
-	"github.com/tieredcache/tiered/remote"
-	"github.com/tieredcache/tiered/ring"
+	"github.com/tieredcache/tiered/internal/invalidation"
+	"github.com/tieredcache/tiered/internal/remote"
+	"github.com/tieredcache/tiered/internal/ring"
 )
 
 // Runtime membership and repair of nodes that missed writes.

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // missedSetup starts three nodes and two instances A and B (Timeout 100 ms,

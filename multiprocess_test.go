@@ -48,7 +48,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // staleBound (Δ) is how long after a write is acknowledged a read that starts later

@@ -16,10 +16,10 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tieredcache/tiered/internal/envelope"
-	"github.com/tieredcache/tiered/invalidation"
-	"github.com/tieredcache/tiered/local"
-	"github.com/tieredcache/tiered/remote"
-	"github.com/tieredcache/tiered/ring"
+	"github.com/tieredcache/tiered/internal/invalidation"
+	"github.com/tieredcache/tiered/internal/local"
+	"github.com/tieredcache/tiered/internal/remote"
+	"github.com/tieredcache/tiered/internal/ring"
 )
 
 // Cache is a two-tier read-through cache of V values under string keys. It is safe

@@ -10,7 +10,7 @@ import (
 
 	"github.com/stathat/consistent"
 
-	"github.com/tieredcache/tiered/ring"
+	"github.com/tieredcache/tiered/internal/ring"
 )
 
 func names(format string, n int) []string {

@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/invalidation"
+	"github.com/tieredcache/tiered/internal/invalidation"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // TestReplayClearsOnlyTheNamespace: a dirty node is cleared of the namespace's keys

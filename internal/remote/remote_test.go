@@ -13,7 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/remote"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
