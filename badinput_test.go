@@ -15,8 +15,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/envelope"
-	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/internal/local"
+	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/internal/remote"
 )
 

@@ -19,8 +19,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/internal/invalidation"
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 func reportLatency(b *testing.B, lat []time.Duration) {

@@ -11,8 +11,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
-	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/internal/invalidation"
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
