@@ -30,7 +30,7 @@ func store(t *testing.T, c *Cache[string], f Fence, key, v string) {
 }
 
 func get(c *Cache[string], key string) (string, bool) {
-	v, _, ok := c.Get(c.Hash(key), key)
+	v, _, ok, _ := c.Lookup(c.Hash(key), key)
 	return v, ok
 }
 
@@ -129,9 +129,58 @@ func TestFlushNode(t *testing.T) {
 	if c.Store(f, "c", "x", false, 1, time.Minute, Never) {
 		t.Error("a fill from a flushed node was stored")
 	}
-	c.FlushAll()
-	if _, ok := get(c, "b"); ok {
-		t.Error("FlushAll left an entry")
+}
+
+// Node indexes are never reused, so they outgrow any fixed table: node i+1024 (or
+// any other) must not share i's generation. Here node 0 is down (its subscriber
+// lost) while later nodes whose index is a multiple of 1024 go down and up: node 0
+// must stay down, its keys neither stored nor served, and a flush of another node
+// must leave node 0's entries alone.
+func TestNodeIndexesNeverShareGenerations(t *testing.T) {
+	c := newCache(t)
+	store(t, c, c.Fence(c.Hash("kept"), 1), "kept", "on node 1")
+	c.MarkDown(0)
+	for _, other := range []int{1024, 2048, 1 << 20} {
+		c.MarkDown(other)
+		c.MarkUp(other)
+		if !c.Up(other) {
+			t.Fatalf("node %d not Up after MarkUp", other)
+		}
+		if c.Up(0) {
+			t.Fatalf("node 0 Up after node %d's MarkUp; it was marked down", other)
+		}
+		h := c.Hash("k")
+		if c.Store(c.Fence(h, 0), "k", "stale", false, 5, time.Minute, Never) {
+			t.Fatalf("after node %d's MarkUp, a fill of node 0 (down) was stored", other)
+		}
+		c.Wait()
+		if v, ok := get(c, "k"); ok {
+			t.Fatalf("after node %d's MarkUp, node 0 (down) serves %q", other, v)
+		}
+		c.FlushNode(other + 1)
+		if _, ok := get(c, "kept"); !ok {
+			t.Fatalf("FlushNode(%d) flushed an entry of node 1", other+1)
+		}
+	}
+	c.MarkUp(0)
+	store(t, c, c.Fence(c.Hash("k"), 0), "k", "fresh")
+	if v, ok := get(c, "k"); !ok || v != "fresh" {
+		t.Fatalf("after node 0's MarkUp: Lookup = %q, %v; want fresh", v, ok)
+	}
+}
+
+// A key no node owns (a negative index) has a generation of its own.
+func TestNoOwnerIsNotANode(t *testing.T) {
+	c := newCache(t)
+	store(t, c, c.Fence(c.Hash("k"), -1), "k", "v")
+	for _, node := range []int{0, 1023} {
+		c.MarkDown(node)
+		if !c.Up(-1) {
+			t.Fatalf("MarkDown(%d) marked the keys of no node down", node)
+		}
+		if _, ok := get(c, "k"); !ok {
+			t.Fatalf("MarkDown(%d) flushed an entry of no node", node)
+		}
 	}
 }
 
@@ -140,7 +189,7 @@ func TestNegativeEntry(t *testing.T) {
 	h := c.Hash("gone")
 	c.Store(c.Fence(h, 0), "gone", "", true, 0, time.Minute, Never)
 	c.Wait()
-	if _, absent, ok := c.Get(h, "gone"); !ok || !absent {
+	if _, absent, ok, _ := c.Lookup(h, "gone"); !ok || !absent {
 		t.Fatalf("Get = absent %v, ok %v; want a negative hit", absent, ok)
 	}
 }
@@ -170,12 +219,12 @@ func TestExpiry(t *testing.T) {
 	})
 }
 
-func TestGetAllocatesNothing(t *testing.T) {
+func TestLookupAllocatesNothing(t *testing.T) {
 	c := newCache(t)
 	h := c.Hash("k")
 	store(t, c, c.Fence(h, 0), "k", "v")
-	if n := testing.AllocsPerRun(1000, func() { c.Get(h, "k") }); n != 0 {
-		t.Fatalf("Get allocates %v times", n)
+	if n := testing.AllocsPerRun(1000, func() { c.Lookup(h, "k") }); n != 0 {
+		t.Fatalf("Lookup allocates %v times", n)
 	}
 }
 
