@@ -52,12 +52,10 @@ type Config struct {
 	// Cluster master's address) when a circuit breaker opens.
 	OnBreakerOpen func(name string)
 	// MissedDeletes bounds the keys remembered per node for a write that could not
-	// be confirmed there (see Replay). Default DefaultMissedDeletes.
+	// be confirmed there (see Replay); required. The cache's Options.MissedDeletes
+	// sets it, and holds its default.
 	MissedDeletes int
 }
-
-// DefaultMissedDeletes is the default of Config.MissedDeletes.
-const DefaultMissedDeletes = 10000
 
 // Redis is the shared tier over Redis. It is safe for concurrent use.
 type Redis struct {
@@ -178,15 +176,15 @@ func New(cfg Config) (*Redis, error) {
 	if cfg.Timeout <= 0 {
 		return nil, errors.New("remote: Timeout must be positive")
 	}
+	if cfg.MissedDeletes <= 0 {
+		return nil, errors.New("remote: MissedDeletes must be positive")
+	}
 	r := &Redis{
 		pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout,
 		onOpen: cfg.OnBreakerOpen, maxMiss: cfg.MissedDeletes,
 		channel:  cfg.Namespace + ":invalidate",
 		seqKey:   cfg.Namespace + ":invalidate:seq",
 		epochKey: cfg.Namespace + ":invalidate:epoch",
-	}
-	if r.maxMiss <= 0 {
-		r.maxMiss = DefaultMissedDeletes
 	}
 	r.nodes.Store(new([]*node))
 	for _, n := range cfg.Nodes {
@@ -256,10 +254,13 @@ func (r *Redis) Owner(key string) int {
 	return idx
 }
 
+// errNoNode is returned for a key whose node index names no node.
+var errNoNode = errors.New("remote: no node owns the key")
+
 func (r *Redis) node(idx int) (*node, error) {
 	nodes := *r.nodes.Load()
 	if idx < 0 || idx >= len(nodes) {
-		return nil, errors.New("remote: no node owns the key")
+		return nil, errNoNode
 	}
 	return nodes[idx], nil
 }
@@ -463,25 +464,36 @@ func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time
 }
 
 // perNode groups items by node and runs fn once per node, concurrently, each under
-// the per-call timeout. A node-level error is recorded on each of its items.
-func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, *node, []*Item) error) {
+// the per-call timeout. A node-level error is recorded on each of its items, and
+// returned once per node (per master of a Cluster), with one error for all the
+// items whose node index names no node.
+func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, *node, []*Item) error) []error {
 	nodes := *r.nodes.Load()
 	type group struct {
 		idx    int
 		master string // a Cluster is split by master, each behind its own breaker
 	}
 	groups := make(map[group][]*Item)
+	var noNode []int
 	for i := range items {
 		it := &items[i]
 		n, err := r.node(it.Node)
 		if err != nil {
 			it.Err = err
+			noNode = append(noNode, it.Node)
 			continue
 		}
 		g := group{it.Node, r.master(ctx, n, it.Key)}
 		groups[g] = append(groups[g], it)
 	}
-	var wg sync.WaitGroup
+	var errs []error
+	if len(noNode) > 0 {
+		errs = append(errs, fmt.Errorf("remote batch: %d keys of node indexes %v: %w", len(noNode), noNode, errNoNode))
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex // protects errs
+	)
 	for g, batch := range groups {
 		wg.Go(func() {
 			n := nodes[g.idx]
@@ -492,35 +504,35 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 				for _, it := range batch {
 					it.Err = err
 				}
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
 			}
 		})
 	}
 	wg.Wait()
+	return errs
 }
 
 // Del deletes keys and publishes their invalidation: one script per owning node (per
 // key on a Cluster), the nodes in parallel. payload builds the message for the keys
 // of one node. It returns an error naming every node where the delete could not be
-// confirmed.
+// confirmed, one per node rather than per key. The errors are collected per node,
+// not deduplicated by comparing them: an error of an uncomparable type (a struct
+// holding a slice) would make == or a map key panic.
 func (r *Redis) Del(ctx context.Context, items []Item, payload func(keys []string) []byte) error {
-	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+	errs := r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
 		keys := make([]string, len(batch))
 		for i, it := range batch {
 			keys[i] = it.Key
 		}
 		return r.delOn(ctx, n, keys, payload)
 	})
-	var errs []error
-	seen := make(map[error]bool)
 	for _, it := range items {
 		if it.Err != nil {
 			if n, err := r.node(it.Node); err == nil {
 				r.remember(n, it.Key)
 			}
-		}
-		if it.Err != nil && !seen[it.Err] {
-			seen[it.Err] = true
-			errs = append(errs, it.Err)
 		}
 	}
 	return errors.Join(errs...)

@@ -20,6 +20,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func payload(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
 
+// missed is the Config.MissedDeletes of the tests: remote has no default of its own.
+const missed = 100
+
 func client(t *testing.T, addr string) *redis.Client {
 	cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { cl.Close() })
@@ -29,15 +32,24 @@ func client(t *testing.T, addr string) *redis.Client {
 func TestNewRejectsUnboundedClient(t *testing.T) {
 	cl := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer cl.Close()
-	_, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Timeout: time.Second})
+	_, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Timeout: time.Second, MissedDeletes: missed})
 	if err == nil || !strings.Contains(err.Error(), "ContextTimeoutEnabled") {
 		t.Fatalf("New = %v, want an error naming ContextTimeoutEnabled", err)
 	}
 }
 
+func TestNewRequiresMissedDeletes(t *testing.T) {
+	cl := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true})
+	defer cl.Close()
+	_, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Timeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "MissedDeletes") {
+		t.Fatalf("New without MissedDeletes = %v, want an error naming MissedDeletes", err)
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
 	srv := redistest.Start(t, 1)[0]
-	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Namespace: "ns", Timeout: time.Second})
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Namespace: "ns", Timeout: time.Second, MissedDeletes: missed})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +94,7 @@ func TestRoundTrip(t *testing.T) {
 func TestHungNodeBoundedByTimeout(t *testing.T) {
 	srv := redistest.Start(t, 1)[0]
 	const timeout = 200 * time.Millisecond
-	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout})
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout, MissedDeletes: missed})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +138,7 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 func TestWritesPublishInOrder(t *testing.T) {
 	srv := redistest.Start(t, 1)[0]
 	cl := client(t, srv.Addr())
-	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: time.Second})
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: time.Second, MissedDeletes: missed})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +188,7 @@ func TestBreakerFailsFastThenRecovers(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	opened := make(chan string, 1)
 	r, err := remote.New(remote.Config{
-		Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout,
+		Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout, MissedDeletes: missed,
 		OnBreakerOpen: func(name string) { opened <- name },
 	})
 	if err != nil {
@@ -235,3 +247,66 @@ func TestBreakerFailsFastThenRecovers(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // poll interval
 	}
 }
+
+// Del reports one error per node where the delete failed, not one per key: here
+// three keys on a stopped node and three keys of node indexes that name no node,
+// beside a key on a live node that is deleted.
+func TestDelOneErrorPerNode(t *testing.T) {
+	servers := redistest.Start(t, 2)
+	r, err := remote.New(remote.Config{
+		Nodes: []remote.Node{
+			{Name: "live", Client: client(t, servers[0].Addr())},
+			{Name: "stopped", Client: client(t, servers[1].Addr())},
+		},
+		Picker: fixedPicker{}, Namespace: "ns", Timeout: 200 * time.Millisecond, MissedDeletes: missed,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := r.Set(ctx, 0, "a", []byte("v"), time.Minute, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	if err := servers[1].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	items := []remote.Item{
+		{Key: "a", Node: 0},
+		{Key: "b", Node: 1}, {Key: "c", Node: 1}, {Key: "d", Node: 1},
+		{Key: "e", Node: 2}, {Key: "f", Node: 7}, {Key: "g", Node: -1},
+	}
+	err = r.Del(ctx, items, payload)
+	if err == nil {
+		t.Fatal("Del on a stopped node and unknown nodes returned nil")
+	}
+	var stopped, unknown int
+	for line := range strings.Lines(err.Error()) {
+		switch {
+		case strings.Contains(line, "on stopped"):
+			stopped++
+		case strings.Contains(line, "no node owns"):
+			unknown++
+		default:
+			t.Errorf("unexpected error line %q", line)
+		}
+	}
+	if stopped != 1 || unknown != 1 {
+		t.Fatalf("Del = %q: %d errors for the stopped node and %d for unknown nodes, want 1 and 1", err, stopped, unknown)
+	}
+	if items[0].Err != nil {
+		t.Fatalf("key on the live node: %v", items[0].Err)
+	}
+	for _, it := range items[1:] {
+		if it.Err == nil {
+			t.Errorf("key %q of node %d has no error", it.Key, it.Node)
+		}
+	}
+	if _, err := r.Get(ctx, 0, "a"); !errors.Is(err, remote.ErrMiss) {
+		t.Fatalf("Get of the deleted key = %v, want ErrMiss", err)
+	}
+}
+
+// fixedPicker is a Picker the tests do not route through: every item names its node.
+type fixedPicker struct{}
+
+func (fixedPicker) Owner(string) (int, bool) { return 0, true }

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tieredcache/tiered/internal/redistest"
 	"github.com/tieredcache/tiered/internal/remote"
 )
@@ -18,15 +20,19 @@ import (
 func TestReplayClearsOnlyTheNamespace(t *testing.T) {
 	srv := redistest.Start(t, 1)[0]
 	ns := "a*b?[c]"
-	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Namespace: ns, Timeout: time.Second})
+	r, err := remote.New(remote.Config{Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Namespace: ns, Timeout: time.Second, MissedDeletes: missed})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	for i := range 2500 { // several SCAN pages
-		if err := r.Fill(ctx, 0, fmt.Sprint(i), []byte("v"), time.Minute); err != nil {
-			t.Fatal(err)
+	cl := client(t, srv.Addr())
+	if _, err := cl.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range 2500 { // several SCAN pages
+			p.Set(ctx, r.Key(fmt.Sprint(i)), "v", time.Minute)
 		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if err := r.Set(ctx, 0, "s", []byte("v"), time.Minute, payload([]string{"s"})); err != nil { // creates seq and epoch
 		t.Fatal(err)
