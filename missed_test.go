@@ -28,7 +28,7 @@ func missedSetup(t *testing.T, n, maxMissed int) (srv []*redistest.Server, src *
 		return newCache(t, o)
 	}
 	a, b = mk(), mk()
-	keys = c4Keys(a, "missed", n, 0)
+	keys = ownedKeys(a, "missed", n, 0)
 	ctx := context.Background()
 	for _, k := range keys {
 		src.put(k, "v1")
@@ -122,7 +122,7 @@ func TestMissedDeletesReplayed(t *testing.T) {
 	}
 	// After the replay nothing of the old values is left in Redis.
 	for _, k := range keys {
-		got, err := srv[0].Do(ctx, "GET", a.shared.(*remote.Redis).Key(k))
+		got, err := srv[0].Do(ctx, "GET", redisKey(a, k))
 		if err == nil && got != nil && strings.Contains(fmt.Sprint(got), "v1") {
 			t.Errorf("node still holds the old value of %q", k)
 		}

@@ -1,6 +1,7 @@
 package tiered
 
-// Leases across OS processes (invariants C3 and C6): 4 processes x 250 goroutines
+// Leases across OS processes (C3, no stale set in Redis after a write, and C6, one
+// Loader call per stampede across processes): 4 processes x 250 goroutines
 // stampede one cold key per round, and a lease holder killed mid-load. The children
 // are this test binary re-executed (see runChild); Redis coordinates them.
 
@@ -32,17 +33,11 @@ const (
 // leaseChildCache is a child's Cache on the ring in envNodes, whose Loader counts its
 // calls in the "database" (envDB) and takes hold to answer.
 func leaseChildCache(leaseTTL time.Duration, load func(ctx context.Context, db *redis.Client, key string) (string, error)) (*Cache[string], *redis.Client, func(), error) {
-	var clients []*redis.Client
+	nodes, clients := ringNodes(strings.Split(os.Getenv(envNodes), ","))
 	closeAll := func() {
 		for _, cl := range clients {
 			cl.Close()
 		}
-	}
-	var nodes []Node
-	for i, addr := range strings.Split(os.Getenv(envNodes), ",") {
-		cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true, MaxRetries: -1})
-		clients = append(clients, cl)
-		nodes = append(nodes, Node{Name: fmt.Sprintf("node-%d", i), Client: cl})
 	}
 	db := redis.NewClient(&redis.Options{Addr: os.Getenv(envDB), ContextTimeoutEnabled: true})
 	clients = append(clients, db)
@@ -153,7 +148,7 @@ func startChild(t *testing.T, ctx context.Context, role string, env ...string) (
 	return cmd, &out
 }
 
-// C6 across processes: 4 OS processes x 250 goroutines Get one cold key at once,
+// C6 (stampede) across processes: 4 OS processes x 250 goroutines Get one cold key at once,
 // 20 rounds; the lease lets one Loader call per round through.
 func TestMultiProcessStampede(t *testing.T) {
 	const procs, goroutines, rounds = 4, 250, 20
@@ -215,7 +210,7 @@ func TestMultiProcessStampede(t *testing.T) {
 	}
 }
 
-// C3/C6 liveness: a lease holder killed mid-load delays the others by at most the
+// Liveness of the lease behind C3 (no stale set) and C6 (stampede): a lease holder killed mid-load delays the others by at most the
 // lease TTL; then one of them takes the lease over and loads.
 func TestLeaseHolderProcessKilled(t *testing.T) {
 	const leaseTTL = time.Second
@@ -250,7 +245,7 @@ func TestLeaseHolderProcessKilled(t *testing.T) {
 	if err != nil || v != "loaded" {
 		t.Fatalf("Get = %q, %v", v, err)
 	}
-	bound := leaseTTL + leasePollMax + 200*time.Millisecond // scheduling margin under -race
+	bound := leaseTTL + leasePollMax + 500*time.Millisecond // scheduling margin: -race on a loaded 2-core machine
 	t.Logf("loaded %v after the holder was killed (lease TTL %v); stats %+v", took, leaseTTL, c.Stats())
 	if took > bound {
 		t.Fatalf("waited %v behind a dead holder, bound %v", took, bound)

@@ -178,18 +178,12 @@ func child(role string) (err error) {
 	defer func() { err = errors.Join(err, out.Close()) }()
 
 	// The clients are built as ringOpts builds them, and closed after the Cache.
-	var clients []*redis.Client
+	nodes, clients := ringNodes(addrs)
 	defer func() {
 		for _, cl := range clients {
 			err = errors.Join(err, cl.Close())
 		}
 	}()
-	var nodes []Node
-	for i, addr := range addrs {
-		cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true, MaxRetries: -1})
-		clients = append(clients, cl)
-		nodes = append(nodes, Node{Name: fmt.Sprintf("node-%d", i), Client: cl})
-	}
 	db := redis.NewClient(&redis.Options{Addr: os.Getenv(envDB), ContextTimeoutEnabled: true})
 	clients = append(clients, db)
 

@@ -59,7 +59,7 @@ func TestRefreshAhead(t *testing.T) {
 		t.Fatalf("loader calls = %d, want 2 (the first load and one refresh)", n)
 	}
 	// The refreshed value has a whole new TTL in Redis.
-	rk := a.shared.(interface{ Key(string) string }).Key("k")
+	rk := redisKey(a, "k")
 	pttl, err := servers[a.shared.Owner("k")].Do(ctx, "PTTL", rk)
 	if err != nil || pttl.(int64) <= int64(o.TTL/2/time.Millisecond) {
 		t.Fatalf("PTTL after refresh = %v, %v", pttl, err)
@@ -111,8 +111,8 @@ func TestRefreshFencedByDelete(t *testing.T) {
 	if _, err := a.Get(ctx, "k"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("A.Get after the Delete = %v, want ErrNotFound", err)
 	}
-	rk := a.shared.(interface{ Key(string) string }).Key("k")
-	if v, err := servers[a.shared.Owner("k")].Do(ctx, "GET", rk); err == nil && contains(v, "v1") {
+	rk := redisKey(a, "k")
+	if v, err := servers[a.shared.Owner("k")].Do(ctx, "GET", rk); err == nil && framed(v, "v1") {
 		t.Fatal("the refresh re-populated Redis after the Delete")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,89 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/tieredcache/tiered/internal/redistest"
 )
-
-func TestMain(m *testing.M) {
-	if role := os.Getenv("TIERED_CHILD"); role != "" {
-		os.Exit(runChild(role))
-	}
-	goleak.VerifyTestMain(m)
-}
-
-// source is a Loader backed by a map, counting calls.
-type source struct {
-	mu    sync.Mutex
-	m     map[string]string
-	calls atomic.Int64
-	err   error // returned instead of a value while set
-}
-
-func newSource() *source { return &source{m: make(map[string]string)} }
-
-func (s *source) Load(_ context.Context, key string) (string, error) {
-	s.calls.Add(1)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return "", s.err
-	}
-	v, ok := s.m[key]
-	if !ok {
-		return "", ErrNotFound
-	}
-	return v, nil
-}
-
-func (s *source) put(k, v string) { s.mu.Lock(); s.m[k] = v; s.mu.Unlock() }
-func (s *source) del(k string)    { s.mu.Lock(); delete(s.m, k); s.mu.Unlock() }
-
-// ringOpts returns Options over servers as a ring of caller-owned clients; the
-// clients are closed at the end of the test.
-func ringOpts[V any](t testing.TB, servers []*redistest.Server) Options[V] {
-	t.Helper()
-	var nodes []Node
-	for i, s := range servers {
-		cl := redis.NewClient(&redis.Options{Addr: s.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-		t.Cleanup(func() { cl.Close() })
-		nodes = append(nodes, Node{Name: fmt.Sprintf("node-%d", i), Client: cl})
-	}
-	return Options[V]{
-		Nodes:     nodes,
-		Namespace: "t" + strings.ReplaceAll(t.Name(), "/", "_"),
-		Timeout:   2 * time.Second, // generous: -race on a loaded 2-core machine
-	}
-}
-
-func newCache[V any](t testing.TB, o Options[V]) *Cache[V] {
-	t.Helper()
-	c, err := New(o)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// waitLocal waits until key is served from c's near-cache (ristretto applies Sets
-// asynchronously).
-func waitLocal[V any](t testing.TB, c *Cache[V], key string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c.local.Wait()
-		if _, _, ok := c.local.Get(c.local.Hash(key), key); ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%q never reached the near-cache", key)
-		}
-		// ristretto may drop a Set under contention: fill again.
-		c.Get(context.Background(), key)
-	}
-}
 
 func TestTiersAnswerInOrder(t *testing.T) {
 	servers := redistest.Start(t, 3)
@@ -181,25 +100,18 @@ func TestTTLExpiry(t *testing.T) {
 	src.put("k", "v2")
 	// Within the TTL the cached v1 is served; after it, v2 is loaded. Poll: the
 	// exact instant depends on Redis's expiry and the coarse clock.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitFor(t, "v2 loaded after the 300 ms TTL", func() bool {
 		v, err := c.Get(ctx, "k")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v == "v2" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still %q 10 s after a 300 ms TTL", v)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not a wait for an event
-	}
+		return v == "v2"
+	})
 	if n := src.calls.Load(); n != 2 {
 		t.Fatalf("loader calls = %d, want 2", n)
 	}
 	// The remote key expired on its own too: Redis's TTL was set.
-	rk := c.shared.(interface{ Key(string) string }).Key("k")
+	rk := redisKey(c, "k")
 	for _, s := range servers {
 		ttl, err := s.Do(ctx, "PTTL", rk)
 		if err != nil {
@@ -277,10 +189,7 @@ func TestStampedeOneLoad(t *testing.T) {
 		})
 	}
 	// Hold the load until every goroutine is about to call Get, so they overlap it.
-	deadline := time.Now().Add(10 * time.Second)
-	for started.Load() < n && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "every goroutine about to call Get", func() bool { return started.Load() == n })
 	close(release)
 	wg.Wait()
 	close(errs)
