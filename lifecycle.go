@@ -17,11 +17,16 @@ import (
 	"github.com/tieredcache/tiered/internal/ring"
 )
 
-// New returns a Cache configured by opts. It validates opts and starts one
-// invalidation subscriber per Redis node, waiting up to Options.Timeout for their
-// subscriptions; it does not fail on Redis: a node that is down at start is handled
-// like one that fails later (its keys bypass the near-cache until it answers).
+// New returns a Cache configured by opts. It validates opts (Options.Addrs included)
+// and starts one invalidation subscriber per Redis node. It does no I/O itself and
+// does not fail on Redis: a node that is down or hung at start is handled like one
+// that fails later (its keys bypass the near-cache until its subscription is
+// confirmed). New waits for the subscriptions, dials included, only until
+// Options.Timeout has passed since it was called, one deadline for all nodes: it
+// returns after at most Timeout, or at once if building the ring and the
+// near-cache (CPU work) alone took longer. Use Ping to wait for readiness.
 func New[V any](opts Options[V]) (*Cache[V], error) {
+	start := time.Now()
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
@@ -41,7 +46,7 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	c.closing, c.cancel = context.WithCancel(context.Background())
 	c.kick = make(chan struct{}, 1)
 	if r, ok := c.shared.(*remote.Redis); ok {
-		c.subscribe(r)
+		c.subscribeUntil(r, start.Add(o.Timeout))
 		c.wg.Add(1)
 		go c.repairLoop(r)
 	}
@@ -49,20 +54,28 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	return c, nil
 }
 
-// subscribe starts one invalidation subscriber per node. Each node is down (its keys
-// bypass the near-cache) until its subscription is confirmed; New waits up to
-// Options.Timeout for that, so that a Cache is usually fully warm-able on return.
-func (c *Cache[V]) subscribe(r *remote.Redis) {
+// subscribe starts one invalidation subscriber per node and waits up to
+// Options.Timeout for their subscriptions (see subscribeUntil).
+func (c *Cache[V]) subscribe(r *remote.Redis) { c.subscribeUntil(r, time.Now().Add(c.opts.Timeout)) }
+
+// subscribeUntil starts one invalidation subscriber per node. Each node is down (its
+// keys bypass the near-cache) until its subscription is confirmed; New waits for that
+// until deadline, so that a Cache is usually fully warm-able on return.
+func (c *Cache[V]) subscribeUntil(r *remote.Redis, deadline time.Time) {
 	var subs []*invalidation.Subscriber
 	for i := range r.Nodes() {
 		subs = append(subs, c.startSubscriber(r, i))
 	}
-	deadline := time.NewTimer(c.opts.Timeout)
-	defer deadline.Stop()
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
 	for _, s := range subs {
 		select {
 		case <-s.Ready():
-		case <-deadline.C:
+		case <-t.C:
 			return
 		}
 	}
@@ -85,13 +98,24 @@ func (c *Cache[V]) startSubscriber(r *remote.Redis, idx int) *invalidation.Subsc
 }
 
 // newClient returns a client for a node given by address (Options.Addrs, AddNode).
+//
+// Nothing in it may wait on the node longer than Timeout, and a refused connection
+// must fail at once: the Loader is the fallback, so retries only add latency.
+// go-redis's defaults would not: its pool retries a failed dial DialerRetries (5)
+// times, 100 ms apart, so a refused connection cost min(Timeout, 400 ms) per call
+// (the backoff ends only when the call's context does); DialTimeout (5 s) and
+// PoolTimeout (ReadTimeout + 1 s) bound the dials and pool waits that no call's
+// context bounds (the pool's dial probe once PoolSize dials in a row have failed,
+// calls without a deadline).
 func (c *Cache[V]) newClient(addr string) *redis.Client {
 	o := c.opts
 	return redis.NewClient(&redis.Options{
 		Addr:                  addr,
 		ContextTimeoutEnabled: true,
-		MaxRetries:            -1, // the Loader is the fallback; retries only add latency
-		DialTimeout:           max(o.Timeout, time.Second),
+		MaxRetries:            -1, // no command retries
+		DialerRetries:         1,  // one dial attempt per connection: a refused dial fails at once
+		DialTimeout:           o.Timeout,
+		PoolTimeout:           o.Timeout,
 		ReadTimeout:           o.Timeout,
 		WriteTimeout:          o.Timeout,
 	})

@@ -41,7 +41,8 @@ type retired struct {
 
 // AddNode adds a standalone Redis node to the ring while the Cache serves; about 1/N of
 // the keys move to it. With a nil Client, a client is created for Name as a
-// "host:port" address, as for Options.Addrs, and closed by RemoveNode or Close.
+// "host:port" address, checked and dialled as for Options.Addrs, and closed by
+// RemoveNode or Close.
 // The node may hold values from an earlier membership, which no invalidation kept
 // current, so its keys in the namespace are cleared (SCAN + UNLINK) before it serves
 // reads; until then, and while it cannot be reached, its keys are loaded from the
@@ -50,6 +51,11 @@ type retired struct {
 func (c *Cache[V]) AddNode(ctx context.Context, n Node) error {
 	if n.Name == "" {
 		return errors.New("tiered: AddNode: empty node name")
+	}
+	if n.Client == nil {
+		if err := checkAddr(n.Name); err != nil {
+			return fmt.Errorf("tiered: AddNode: %q (no Client, so an address): %w", redactAddr(n.Name), err)
+		}
 	}
 	if !c.enter() {
 		return ErrClosed

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,11 +38,17 @@ type Options[V any] struct {
 	// Nodes are standalone Redis nodes spread over a consistent-hash ring. Client is a
 	// single node or a Redis Cluster (*redis.ClusterClient), which routes keys itself.
 	// Addrs is a convenience for Nodes: one client per "host:port" (the name), created
-	// with ContextTimeoutEnabled, no retries and Timeout as read/write timeout, and
-	// closed by Close. Clients passed in Nodes or Client are the caller's to close,
-	// after Close. They must have ContextTimeoutEnabled set: without it go-redis
-	// ignores context deadlines on its sockets and Timeout could not bound a call to a
-	// hung node, so New returns an error.
+	// with ContextTimeoutEnabled, no retries and Timeout as read/write, dial and pool
+	// timeout, and closed by Close. A failed dial (a refused connection) is not
+	// retried: the call fails at once and falls through to the Loader. New checks
+	// every address: a non-empty host (an IPv6 host in brackets, "[::1]:6379") and a
+	// numeric port in 1..65535, no two alike. URLs ("redis://...", "rediss://...") are
+	// refused rather than parsed: a password in them would become the node's name in
+	// every log line and error; for a URL, TLS or a password, create the client with
+	// redis.ParseURL and pass it in Nodes. Clients passed in Nodes or Client are the
+	// caller's to close, after Close. They must have ContextTimeoutEnabled set:
+	// without it go-redis ignores context deadlines on its sockets and Timeout could
+	// not bound a call to a hung node, so New returns an error.
 	Nodes  []Node
 	Client redis.UniversalClient
 	Addrs  []string
@@ -145,6 +154,16 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	if shared > 1 {
 		return o, errors.New("tiered: set at most one of Options.Nodes, Options.Client and Options.Addrs")
 	}
+	seen := make(map[string]int, len(o.Addrs))
+	for i, addr := range o.Addrs {
+		if err := checkAddr(addr); err != nil {
+			return o, fmt.Errorf("tiered: Options.Addrs[%d] %q: %w", i, redactAddr(addr), err)
+		}
+		if j, dup := seen[addr]; dup {
+			return o, fmt.Errorf("tiered: Options.Addrs[%d] %q: duplicate of Options.Addrs[%d]", i, addr, j)
+		}
+		seen[addr] = i
+	}
 	setDefault(&o.Namespace, "tiered")
 	setDefault(&o.TTL, 10*time.Minute)
 	setDefault(&o.LocalTTL, time.Minute)
@@ -183,6 +202,43 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 		return o, errors.New("tiered: sizes and limits must not be negative")
 	}
 	return o, nil
+}
+
+// checkAddr reports why addr is not a "host:port" address that a client created by
+// the Cache can dial (Options.Addrs, AddNode without a Client), or nil.
+func checkAddr(addr string) error {
+	if i := strings.Index(addr, "://"); i >= 0 {
+		return fmt.Errorf("a URL, not a \"host:port\" address: for %s:// create the client with redis.ParseURL and pass it in Options.Nodes", addr[:i])
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var aerr *net.AddrError
+		if errors.As(err, &aerr) {
+			return fmt.Errorf("%s: want \"host:port\" (an IPv6 host in brackets: \"[::1]:6379\")", aerr.Err)
+		}
+		return err
+	}
+	if host == "" {
+		return errors.New("missing host: want \"host:port\"")
+	}
+	if strings.ContainsAny(host, " \t\r\n/") {
+		return fmt.Errorf("host %q is not a host name or IP address", host)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q is not a number in 1..65535", port)
+	}
+	return nil
+}
+
+// redactAddr returns addr for an error message: a URL with its password masked.
+func redactAddr(addr string) string {
+	if !strings.Contains(addr, "://") {
+		return addr
+	}
+	if u, err := url.Parse(addr); err == nil {
+		return u.Redacted()
+	}
+	return "<unparsable URL>"
 }
 
 func setDefault[T comparable](p *T, def T) {
