@@ -3,20 +3,33 @@ package tiered
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/tieredcache/tiered/internal/local"
 	"github.com/tieredcache/tiered/internal/remote"
-	"golang.org/x/sync/errgroup"
 )
 
-// GetMany returns the values of keys: near-cache hits, then one round trip per shared
-// tier node (the nodes in parallel), then the BatchLoader (or the Loader per key, at
-// most LoadConcurrency at a time) for the rest, filling both tiers. Keys absent at the
-// source are left out of the map. If some loads fail, it returns the values it has
-// and an error joining the failures; an invalid key fails the call before any work.
+// GetMany returns the values of keys. Each key missing from the near-cache joins its
+// flight (flight.go), as a Get of it would: keys whose flights are already running
+// (another Get, another GetMany, a refresh) are waited for, not read or loaded again.
+// For the flights it starts, GetMany runs the phases of many keys at once:
+//
+//   - read: one round trip per shared-tier node (MGET; per master on a Cluster), the
+//     nodes in parallel;
+//   - lease: for the keys still missing, one pipelined round trip per node that
+//     returns the value if another process filled it meanwhile, or takes the key's
+//     lease, or finds it held; keys held by another process are waited for as Get
+//     waits (Options.LeaseTTL), each on its own;
+//   - load: one BatchLoader call for the keys whose leases it won (or the Loader per
+//     key, at most LoadConcurrency at a time, without a BatchLoader);
+//   - fill: one pipelined round trip per node, each value written only while its lease
+//     holds, so a Delete during the batch's load keeps the batch's value out of Redis
+//     (invariant C3, as for Get); then the near-cache, fenced (invariant C2).
+//
+// Keys absent at the source are left out of the map. If some loads fail, it returns
+// the values it has and an error joining the failures; if ctx ends first, the values
+// it has and ctx's error (the loads go on for their other callers). An invalid key
+// fails the call before any work.
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
@@ -31,16 +44,13 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		return nil, err
 	}
 	out := make(map[string]V, len(keys))
-	type miss struct {
-		h uint64
-		f local.Fence
-	}
-	misses := make(map[string]miss)
-	var items []remote.Item
+	var waits, led []*flight[V]
+	seen := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
-		if _, dup := misses[k]; dup {
+		if _, dup := seen[k]; dup {
 			continue
 		}
+		seen[k] = struct{}{}
 		h := c.local.Hash(k)
 		if v, absent, ok, refresh := c.local.Lookup(h, k); ok {
 			c.stats.localHit(h)
@@ -53,117 +63,237 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			continue
 		}
 		c.stats.localMisses.Add(1)
-		node := c.shared.Owner(k)
-		misses[k] = miss{h: h, f: c.local.Fence(h, node)}
-		items = append(items, remote.Item{Key: k, Node: node})
+		fl, lead := c.begin(k, h)
+		waits = append(waits, fl)
+		if lead {
+			led = append(led, fl)
+		}
 	}
-	if len(items) == 0 {
-		return out, nil
+	if len(led) > 0 {
+		if rest := c.readMany(context.WithoutCancel(ctx), led); len(rest) > 0 {
+			c.wg.Add(1)
+			go c.loadMany(ctx, rest)
+		}
 	}
-
-	c.shared.GetMany(ctx, items)
-	var toLoad []remote.Item // Val unset; Err marks a node that failed
-	for _, it := range items {
-		sr, ttl := c.classify(it.Key, it.Val, it.Err)
-		if sr.hit {
-			c.storeLocal(misses[it.Key].f, it.Key, sr.v, sr.absent, int64(len(it.Val)), ttl)
-			if !sr.absent {
-				out[it.Key] = sr.v
+	var errs []error
+	for _, fl := range waits {
+		o, err := c.wait(ctx, fl)
+		if err != nil {
+			return out, err
+		}
+		if o.err == errRetry {
+			v, err := c.get(ctx, c.local.Hash(fl.key), fl.key)
+			o = outcome[V]{v: v, err: err}
+			if errors.Is(err, ErrNotFound) {
+				o = outcome[V]{absent: true}
 			}
-			continue
 		}
-		if !sr.failed {
-			it.Err = nil // load and fill; a non-nil Err keeps the failed node out of the fill
-		}
-		it.Val, it.Overwrite = nil, sr.corrupt // undecodable bytes are replaced, as by Get
-		toLoad = append(toLoad, it)
-	}
-	if len(toLoad) == 0 || (c.opts.Loader == nil && c.opts.BatchLoader == nil) {
-		return out, nil
-	}
-
-	ctx, cancel := c.loadContext(ctx)
-	defer cancel()
-	loaded, errs := c.loadMany(ctx, toLoad)
-	var fills []remote.Item
-	var ttls []time.Duration
-	for _, it := range toLoad {
-		r, ok := loaded[it.Key]
-		if !ok {
-			continue // failed; its error is in errs
-		}
-		frame, ttl, ok := c.frame(it.Key, r.v, r.absent)
-		if ok {
-			if it.Err == nil { // skip nodes that failed the read
-				fills = append(fills, remote.Item{Key: it.Key, Node: it.Node, Val: frame, Overwrite: it.Overwrite})
-				ttls = append(ttls, ttl)
-			}
-			c.storeLocal(misses[it.Key].f, it.Key, r.v, r.absent, int64(len(frame)), ttl)
-		}
-		if !r.absent {
-			out[it.Key] = r.v
-		}
-	}
-	c.local.Wait() // as in load
-	if len(fills) > 0 {
-		c.shared.FillMany(ctx, fills, func(i int) time.Duration { return ttls[i] })
-		for _, it := range fills {
-			if it.Err != nil {
-				c.stats.remoteErrors.Add(1)
-				c.opts.Logger.Warn("tiered: shared tier fill failed", "key", it.Key, "err", it.Err)
-			}
+		switch {
+		case o.err != nil:
+			errs = append(errs, o.err)
+		case !o.absent:
+			out[fl.key] = o.v
 		}
 	}
 	return out, errors.Join(errs...)
 }
 
-// loadMany loads the keys of items with the BatchLoader, or with the Loader per key.
-// Keys that failed are missing from the result and have an error in errs.
-func (c *Cache[V]) loadMany(ctx context.Context, items []remote.Item) (map[string]flight[V], []error) {
-	res := make(map[string]flight[V], len(items))
-	if c.opts.BatchLoader != nil {
-		keys := make([]string, len(items))
-		for i, it := range items {
-			keys[i] = it.Key
+// pending is a flight whose shared-tier read did not find its value.
+type pending[V any] struct {
+	fl *flight[V]
+	sr shared[V]
+	p  plan
+}
+
+// readMany is phase read for many flights: it ends those found in the shared tier and
+// returns the others.
+func (c *Cache[V]) readMany(ctx context.Context, fls []*flight[V]) []pending[V] {
+	rest := make([]pending[V], 0, len(fls))
+	if c.localOnly {
+		for _, fl := range fls {
+			rest = append(rest, pending[V]{fl: fl})
 		}
-		c.stats.loads.Add(uint64(len(keys)))
-		m, err := c.loadBatch(ctx, keys)
-		if err != nil {
-			c.stats.loadErrors.Add(1)
-			return nil, []error{fmt.Errorf("tiered: batch load of %d keys: %w", len(keys), err)}
-		}
-		for _, k := range keys {
-			v, ok := m[k]
-			if !ok {
-				c.stats.notFound.Add(1)
-			}
-			res[k] = flight[V]{v: v, absent: !ok}
-		}
-		return res, nil
+		return rest
 	}
-	var mu sync.Mutex // protects res and errs
-	var errs []error
-	var g errgroup.Group
-	g.SetLimit(c.opts.LoadConcurrency)
-	for _, it := range items {
-		g.Go(func() error {
-			c.stats.loads.Add(1)
-			v, err := c.loadOne(ctx, it.Key)
-			mu.Lock()
-			defer mu.Unlock()
+	items := make([]remote.Item, len(fls))
+	for i, fl := range fls {
+		items[i] = remote.Item{Key: fl.key, Node: fl.node}
+	}
+	c.shared.GetMany(ctx, items)
+	for i, fl := range fls {
+		sr, ttl := c.classify(fl.node, fl.key, items[i].Val, items[i].Err)
+		if !sr.hit {
+			rest = append(rest, pending[V]{fl: fl, sr: sr})
+			continue
+		}
+		if c.afterSharedRead != nil {
+			c.afterSharedRead(fl.key)
+		}
+		c.storeLocal(fl.fence, fl.key, sr.v, sr.absent, int64(len(items[i].Val)), ttl)
+		c.finish(fl, sr.outcome)
+	}
+	return rest
+}
+
+// loadMany runs phases lease, load and fill for the flights GetMany started and did
+// not find in the shared tier, in its own goroutine (counted in c.wg), under
+// loadContext.
+func (c *Cache[V]) loadMany(callerCtx context.Context, pend []pending[V]) {
+	defer c.wg.Done()
+	ctx, cancel := c.loadContext(callerCtx)
+	defer cancel()
+	if !c.hasLoader() {
+		for _, pd := range pend {
+			c.finish(pd.fl, outcome[V]{absent: true})
+		}
+		return
+	}
+
+	// Phase lease, one pipelined round trip per node.
+	var leases []remote.Item
+	var leasing []int // index in pend of each lease item
+	for i := range pend {
+		pd := &pend[i]
+		pd.p = plan{write: !pd.sr.failed && !c.localOnly, repair: pd.sr.corrupt}
+		if pd.p.write && !pd.p.repair {
+			pd.fl.setPhase(phaseLease)
+			leases = append(leases, remote.Item{Key: pd.fl.key, Node: pd.fl.node, Token: remote.NewToken()})
+			leasing = append(leasing, i)
+		}
+	}
+	if len(leases) > 0 {
+		c.shared.LeaseMany(ctx, leases, c.opts.LeaseTTL)
+	}
+	var held sync.WaitGroup
+	won := make([]bool, len(pend)) // the load of pend[i] is this batch's
+	for i := range pend {
+		won[i] = true // read failed or corrupt: load without a lease
+	}
+	for j, it := range leases {
+		i := leasing[j]
+		pd := &pend[i]
+		switch {
+		case it.Err != nil:
+			c.stats.remoteErrors.Add(1)
+			c.warnNode(pd.fl.node, "tiered: shared tier lease failed; loading from source", "key", pd.fl.key, "err", it.Err)
+			pd.p.write = false
+		case it.State == remote.LeaseWon:
+			pd.p.token = it.Token
+		case it.State == remote.LeaseFound:
+			won[i] = false
+			if o, ok := c.found(pd.fl, it.Val); ok {
+				c.finish(pd.fl, o)
+			} else {
+				won[i] = true // undecodable, and a writer is active: load, write nothing
+				pd.p.write = false
+			}
+		default: // held by another process: wait for its fill as Get does
+			won[i] = false
+			held.Go(func() {
+				ls := c.pollLease(ctx, pd.fl, it.Token, true)
+				if ls.found {
+					c.finish(pd.fl, ls.outcome)
+					return
+				}
+				pd.fl.setPhase(phaseLoad)
+				v, err := c.loadKey(ctx, pd.fl.key)
+				c.fillOne(ctx, pd.fl, plan{token: ls.token, write: ls.write}, v, err)
+			})
+		}
+	}
+	mine := make([]*pending[V], 0, len(pend))
+	for i := range pend {
+		if won[i] {
+			mine = append(mine, &pend[i])
+		}
+	}
+
+	// Phase load: one BatchLoader call, or the Loader per key.
+	if len(mine) > 0 {
+		if c.opts.BatchLoader == nil {
+			fls := make([]*flight[V], len(mine))
+			plans := make(map[*flight[V]]plan, len(mine))
+			for i, pd := range mine {
+				fls[i], plans[pd.fl] = pd.fl, pd.p
+			}
+			c.loadConcurrently(fls, func(fl *flight[V]) {
+				fl.setPhase(phaseLoad)
+				v, err := c.loadKey(ctx, fl.key)
+				c.fillOne(ctx, fl, plans[fl], v, err)
+			})
+		} else {
+			c.loadBatchFill(ctx, mine)
+		}
+	}
+	held.Wait()
+}
+
+// loadBatchFill loads the keys of pend with one BatchLoader call, then fills both
+// tiers: the leased values in one pipelined round trip per node, undecodable bytes
+// overwritten likewise.
+func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
+	keys := make([]string, len(pend))
+	for i, pd := range pend {
+		pd.fl.setPhase(phaseLoad)
+		keys[i] = pd.fl.key
+	}
+	c.stats.loads.Add(uint64(len(keys)))
+	m, berr := c.loadBatch(ctx, keys)
+
+	type ready struct {
+		fl *flight[V]
+		f  filled[V]
+		in *[]remote.Item // leased, repairs, or nil: written nowhere
+		at int            // index in *in
+	}
+	var rs []ready
+	var leased, repairs []remote.Item
+	var leasedTTL, repairTTL []time.Duration
+	for _, pd := range pend {
+		var v V
+		err := berr
+		if err == nil {
+			var ok bool
+			if v, ok = m[pd.fl.key]; !ok {
+				err = ErrNotFound
+			}
+		}
+		f, ok := c.settle(ctx, pd.fl, pd.p, v, err)
+		if !ok {
+			continue // ended with the error
+		}
+		r := ready{fl: pd.fl, f: f}
+		if f.cacheable && pd.p.write {
 			switch {
-			case err == nil:
-				res[it.Key] = flight[V]{v: v}
-			case errors.Is(err, ErrNotFound):
-				c.stats.notFound.Add(1)
-				res[it.Key] = flight[V]{absent: true}
-			default:
-				c.stats.loadErrors.Add(1)
-				errs = append(errs, fmt.Errorf("tiered: load %q: %w", it.Key, err))
+			case pd.p.token != "":
+				r.in, r.at = &leased, len(leased)
+				leased = append(leased, remote.Item{Key: pd.fl.key, Node: pd.fl.node, Token: pd.p.token, Val: f.frame})
+				leasedTTL = append(leasedTTL, f.ttl)
+			case pd.p.repair:
+				r.in, r.at = &repairs, len(repairs)
+				repairs = append(repairs, remote.Item{Key: pd.fl.key, Node: pd.fl.node, Val: f.frame, Overwrite: true})
+				repairTTL = append(repairTTL, f.ttl)
 			}
-			return nil
-		})
+		}
+		rs = append(rs, r)
 	}
-	_ = g.Wait() // the goroutines report through errs
-	return res, errs
+	if len(leased) > 0 {
+		c.shared.FillLeasedMany(ctx, leased, func(i int) time.Duration { return leasedTTL[i] })
+	}
+	if len(repairs) > 0 {
+		c.shared.FillMany(ctx, repairs, func(i int) time.Duration { return repairTTL[i] })
+	}
+	for _, r := range rs {
+		var ferr error
+		if r.in != nil {
+			ferr = (*r.in)[r.at].Err
+		}
+		c.store(r.fl, r.f, ferr)
+	}
+	// Wait for ristretto to apply the stores, so that the next Get hits rather than
+	// starting a flight again: microseconds, against the Loader's milliseconds.
+	c.local.Wait()
+	for _, r := range rs {
+		c.finish(r.fl, r.f.outcome)
+	}
 }

@@ -1,9 +1,11 @@
 package tiered
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/envelope"
@@ -11,16 +13,16 @@ import (
 	"github.com/tieredcache/tiered/internal/remote"
 )
 
-// classify turns the outcome of a shared-tier read of key (its bytes, or the error)
-// into a hit with its time left, a miss, undecodable bytes or a failed node, and
-// counts and logs it. Get and GetMany share it.
-func (c *Cache[V]) classify(key string, b []byte, err error) (shared[V], time.Duration) {
+// classify turns the outcome of a shared-tier read of key on node (its bytes, or the
+// error) into a hit with its time left, a miss, undecodable bytes or a failed node,
+// and counts and logs it. Get and GetMany share it.
+func (c *Cache[V]) classify(node int, key string, b []byte, err error) (shared[V], time.Duration) {
 	switch {
 	case err == nil:
 		v, absent, ttl, derr := c.decode(b)
 		if derr == nil {
 			c.stats.remoteHits.Add(1)
-			return shared[V]{flight: flight[V]{v: v, absent: absent}, hit: true}, ttl
+			return shared[V]{outcome: outcome[V]{v: v, absent: absent}, hit: true}, ttl
 		}
 		c.stats.decodeErrors.Add(1)
 		c.opts.Logger.Warn("tiered: undecodable value in the shared tier; reloading", "key", key, "err", derr)
@@ -30,33 +32,73 @@ func (c *Cache[V]) classify(key string, b []byte, err error) (shared[V], time.Du
 		return shared[V]{}, 0
 	default:
 		c.stats.remoteErrors.Add(1)
-		c.opts.Logger.Warn("tiered: shared tier read failed; loading from source", "key", key, "err", err)
+		c.warnNode(node, "tiered: shared tier read failed; loading from source", "key", key, "err", err)
 		return shared[V]{failed: true}, 0
 	}
 }
 
+// warnEvery is the least time between two warnings about one node: while a node is
+// down every read of its keys fails, and one line per failure would flood the log.
+// The lines left out are counted in Stats.LogsSuppressed.
+const warnEvery = time.Second
+
+// warnNode logs a warning about node, at most once per warnEvery.
+func (c *Cache[V]) warnNode(node int, msg string, args ...any) {
+	p, ok := c.warned.Load(node)
+	if !ok {
+		p, _ = c.warned.LoadOrStore(node, new(atomic.Int64))
+	}
+	last := p.(*atomic.Int64)
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	if now-prev < int64(warnEvery) || !last.CompareAndSwap(prev, now) {
+		c.stats.logsSuppressed.Add(1)
+		return
+	}
+	c.opts.Logger.Warn(msg, append(args, "node", c.shared.Name(node))...)
+}
+
+// encode returns v's bytes for the shared tier and the value they decode to, which is
+// what every tier serves (see Codec): a loaded or Set value is never served in a form
+// another process could not decode from the shared tier.
+func (c *Cache[V]) encode(v V) ([]byte, V, error) {
+	payload, err := c.opts.Codec.Marshal(v)
+	if err != nil {
+		return nil, v, fmt.Errorf("encode with %s: %w", c.opts.Codec.Name(), err)
+	}
+	if _, raw := c.opts.Codec.(rawCodec[V]); raw {
+		return payload, v, nil // a string or []byte is its own encoding
+	}
+	var rt V
+	if err := c.opts.Codec.Unmarshal(bytes.Clone(payload), &rt); err != nil {
+		return nil, v, fmt.Errorf("%s does not decode its own encoding: %w", c.opts.Codec.Name(), err)
+	}
+	return payload, rt, nil
+}
+
 // frame encodes a loaded value (or an absence) for the shared tier with its jittered
-// TTL. ok is false if the value cannot be cached: too large, or not encodable.
-func (c *Cache[V]) frame(key string, v V, absent bool) (frame []byte, ttl time.Duration, ok bool) {
+// TTL, and returns it with the value every tier serves (see encode). A value over
+// MaxValueSize is returned not cacheable; one the codec cannot encode is an error.
+func (c *Cache[V]) frame(key string, v V, absent bool) (filled[V], error) {
 	h := envelope.Header{Kind: envelope.KindAbsent, CodecTag: c.tag}
-	ttl = c.jitter(c.opts.NegativeTTL)
+	f := filled[V]{outcome: outcome[V]{absent: absent}, ttl: c.jitter(c.opts.NegativeTTL), cacheable: true}
 	var payload []byte
 	if !absent {
 		var err error
-		if payload, err = c.opts.Codec.Marshal(v); err != nil {
-			c.stats.loadErrors.Add(1)
-			c.opts.Logger.Warn("tiered: loaded value does not encode; not cached", "key", key, "err", err)
-			return nil, 0, false
+		if payload, f.v, err = c.encode(v); err != nil {
+			return f, err
 		}
 		if len(payload) > c.opts.MaxValueSize {
 			c.stats.oversize.Add(1)
 			c.opts.Logger.Warn("tiered: loaded value over MaxValueSize; not cached", "key", key, "size", len(payload))
-			return nil, 0, false
+			f.cacheable = false
+			return f, nil
 		}
-		h.Kind, ttl = envelope.KindValue, c.jitter(c.opts.TTL)
+		h.Kind, f.ttl = envelope.KindValue, c.jitter(c.opts.TTL)
 	}
-	h.ExpireMs = time.Now().Add(ttl).UnixMilli()
-	return envelope.Encode(h, payload), ttl, true
+	h.ExpireMs = time.Now().Add(f.ttl).UnixMilli()
+	f.frame = envelope.Encode(h, payload)
+	return f, nil
 }
 
 // decode parses bytes read from the shared tier, and returns how long the value has

@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"time"
 
-	"github.com/tieredcache/tiered/internal/local"
 	"github.com/tieredcache/tiered/internal/remote"
 )
 
@@ -21,12 +21,18 @@ import (
 //     cached; the next Get calls the Loader again.
 //   - A panic is recovered and delivered to every waiter as a *PanicError carrying the
 //     stack; it is not cached.
-//   - One process calls Load at most once at a time per key (singleflight). The ctx
-//     carries the values of the first caller's ctx but not its cancellation: a caller
-//     that gives up does not cancel the load the others wait on. It is cancelled after
-//     Options.LoadTimeout, or by Close.
-//   - The returned value is shared by every caller and cached as is: do not mutate it
-//     afterwards.
+//   - One process loads a key at most once at a time, whichever call asked for it (Get,
+//     GetMany, a refresh-ahead): they all join the key's flight. The exception is a
+//     write or invalidation of the key during a load: the load's value may predate it,
+//     so later callers start a new flight rather than wait for that value. Across
+//     processes, the key's lease in the shared tier makes one process load it while
+//     the others wait for its fill (see Options.LeaseTTL).
+//   - The ctx carries the values of the first caller's ctx but not its cancellation: a
+//     caller that gives up does not cancel the load the others wait on. It is
+//     cancelled after Options.LoadTimeout, or by Close.
+//   - The value every caller receives, and the near-cache keeps, is the codec's round
+//     trip of the returned value (see Codec), so that it is the value another process
+//     decodes from the shared tier. A value the codec cannot encode is an error.
 type Loader[V any] interface {
 	Load(ctx context.Context, key string) (V, error)
 }
@@ -37,10 +43,14 @@ type LoaderFunc[V any] func(ctx context.Context, key string) (V, error)
 // Load calls f(ctx, key).
 func (f LoaderFunc[V]) Load(ctx context.Context, key string) (V, error) { return f(ctx, key) }
 
-// BatchLoader loads many keys at once for GetMany. Keys absent from the returned map
-// are absent at the source (negative-cached like ErrNotFound). A non-nil error fails
-// the whole batch: nothing from it is cached, and GetMany returns the error with the
-// values it found in the tiers. Panics are recovered as for Loader.
+// BatchLoader loads many keys at once. GetMany calls it once for the keys whose flights
+// it started and whose leases it won (keys other callers or processes are loading are
+// waited for, not loaded again); Get calls it with one key when no Loader is set, as
+// does GetMany for a key whose lease it won only after waiting. Keys absent from the
+// returned map are absent at the source (negative-cached like ErrNotFound). A non-nil
+// error fails the whole batch: nothing from it is cached, and every caller waiting on
+// one of its keys receives the error. Panics are recovered as for Loader; the rest of
+// Loader's contract holds per key.
 type BatchLoader[V any] interface {
 	LoadMany(ctx context.Context, keys []string) (map[string]V, error)
 }
@@ -53,8 +63,24 @@ func (f BatchLoaderFunc[V]) LoadMany(ctx context.Context, keys []string) (map[st
 	return f(ctx, keys)
 }
 
-// loadOne calls the Loader, turning a panic into a *PanicError.
-func (c *Cache[V]) loadOne(ctx context.Context, key string) (v V, err error) {
+// hasLoader reports whether misses can be loaded at all.
+func (c *Cache[V]) hasLoader() bool { return c.opts.Loader != nil || c.opts.BatchLoader != nil }
+
+// loadKey loads one key with the Loader, or with the BatchLoader if there is no
+// Loader, turning a panic into a *PanicError and absence into ErrNotFound.
+func (c *Cache[V]) loadKey(ctx context.Context, key string) (v V, err error) {
+	c.stats.loads.Add(1)
+	if c.opts.Loader == nil {
+		m, err := c.loadBatch(ctx, []string{key})
+		if err != nil {
+			return v, err
+		}
+		v, ok := m[key]
+		if !ok {
+			return v, ErrNotFound
+		}
+		return v, nil
+	}
 	defer recoverLoad(&err)
 	return c.opts.Loader.Load(ctx, key)
 }
@@ -80,14 +106,15 @@ func (c *Cache[V]) loadContext(ctx context.Context) (context.Context, context.Ca
 	return ctx, func() { stop(); cancel() }
 }
 
-// load runs once per load flight, in its own goroutine, under loadContext (the
-// values of the first caller's ctx, not its cancellation): a lease on the key in the
-// shared tier, the Loader, then both tiers. With reread it first reads the shared
-// tier again (see get).
+// load runs the rest of a flight whose shared-tier read (sr) did not find the value,
+// in its own goroutine (counted in c.wg), under loadContext: the lease, the Loader,
+// the fill of both tiers. Get and a refresh's fallback start it; GetMany runs the same
+// phases for many keys at once (batch.go) and comes here only for keys whose lease it
+// had to wait for.
 //
 // The lease makes one process in the fleet load a missing key while the others wait
-// for its fill (C6), and keeps a load that began before a write or delete from
-// filling Redis after it (C3):
+// for its fill (invariant C6, stampede), and keeps a load that began before a write or
+// delete from filling Redis after it (invariant C3, no stale set in Redis):
 //
 //  1. A misses in Redis and takes the lease (token tA)
 //  2. A's Loader reads the old row
@@ -95,37 +122,70 @@ func (c *Cache[V]) loadContext(ctx context.Context) (context.Context, context.Ca
 //  4. A's fill runs only if tA is still the lease: it is not, nothing is written
 //
 // Without the lease, step 4 would store the old row until the TTL ends.
-func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local.Fence, sr shared[V], reread bool) (flight[V], error) {
-	if !c.enter() {
-		return flight[V]{}, ErrClosed
-	}
+func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) {
 	defer c.wg.Done()
-	// Callers arriving from now on read the shared tier again: the value is there,
-	// or a new load starts. (Callers that receive this load's result delete the mark
-	// too, in case it was set just as this load ended.)
-	defer c.loading.Delete(flightKey(key, f))
 	ctx, cancel := c.loadContext(callerCtx)
 	defer cancel()
-	if reread {
-		if sr = c.readShared(ctx, key, node, f); sr.hit {
-			return sr.flight, nil
+	if !c.hasLoader() {
+		c.finish(fl, outcome[V]{absent: true}) // nothing to load: absent
+		return
+	}
+	p := plan{write: !sr.failed && !c.localOnly, repair: sr.corrupt}
+	if p.write && !p.repair {
+		fl.setPhase(phaseLease)
+		ls := c.awaitLease(ctx, fl)
+		if ls.found {
+			c.finish(fl, ls.outcome)
+			return
 		}
+		p.token, p.write = ls.token, ls.write
 	}
-	if c.opts.Loader == nil {
-		return flight[V]{}, ErrNotFound
-	}
-	token, write := "", !sr.failed
-	if !sr.failed && !sr.corrupt {
-		var fl flight[V]
-		var done bool
-		token, write, fl, done = c.lease(ctx, key, node, f)
-		if done {
-			return fl, nil
-		}
-	}
+	fl.setPhase(phaseLoad)
+	v, err := c.loadKey(ctx, fl.key)
+	c.fillOne(ctx, fl, p, v, err)
+}
 
-	c.stats.loads.Add(1)
-	v, err := c.loadOne(ctx, key)
+// plan is what a load may write to the shared tier once its value is known.
+type plan struct {
+	token  string // the lease to fill with ("" if none)
+	write  bool   // the shared tier may be written at all (false: the node failed, or a lease wait timed out)
+	repair bool   // undecodable bytes are stored: overwrite them
+}
+
+// fillOne ends fl with the outcome of its load (v, err): it fills the shared tier as p
+// allows, then the near-cache, then wakes the callers.
+func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err error) {
+	f, ok := c.settle(ctx, fl, p, v, err)
+	if !ok {
+		return
+	}
+	var ferr error
+	switch {
+	case !p.write:
+	case p.token != "":
+		ferr = c.shared.FillLeased(ctx, fl.node, fl.key, p.token, f.frame, f.ttl)
+	case p.repair:
+		ferr = c.shared.Repair(ctx, fl.node, fl.key, f.frame, f.ttl)
+	}
+	c.store(fl, f, ferr)
+	c.local.Wait() // see finishFills
+	c.finish(fl, f.outcome)
+}
+
+// filled is a loaded value ready for both tiers: its round trip through the codec and
+// its frame for the shared tier.
+type filled[V any] struct {
+	outcome[V]
+	frame     []byte
+	ttl       time.Duration
+	cacheable bool // false: over MaxValueSize, returned but cached nowhere
+}
+
+// settle turns a load's result into what the tiers store. On a load error, or a value
+// the codec cannot encode, it releases the lease, ends the flight with the error and
+// reports false.
+func (c *Cache[V]) settle(ctx context.Context, fl *flight[V], p plan, v V, err error) (filled[V], bool) {
+	fl.setPhase(phaseFill)
 	absent := false
 	switch {
 	case err == nil:
@@ -134,52 +194,52 @@ func (c *Cache[V]) load(callerCtx context.Context, key string, node int, f local
 		absent = true
 	default:
 		c.stats.loadErrors.Add(1)
-		c.releaseLease(ctx, node, key, token)
-		return flight[V]{}, fmt.Errorf("tiered: load %q: %w", key, err)
+		c.releaseLease(ctx, fl, p.token)
+		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.key, err)})
+		return filled[V]{}, false
 	}
 	if c.afterLoad != nil {
-		c.afterLoad(key)
+		c.afterLoad(fl.key)
 	}
-	frame, ttl, ok := c.frame(key, v, absent)
-	if !ok {
-		c.releaseLease(ctx, node, key, token)
-		return flight[V]{v: v}, nil
+	f, err := c.frame(fl.key, v, absent)
+	if err != nil {
+		c.stats.loadErrors.Add(1)
+		c.releaseLease(ctx, fl, p.token)
+		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.key, err)})
+		return filled[V]{}, false
 	}
-	if write {
-		var err error
-		switch {
-		case token != "":
-			err = c.shared.FillLeased(ctx, node, key, token, frame, ttl)
-		case sr.corrupt:
-			err = c.shared.Repair(ctx, node, key, frame, ttl)
-		}
-		switch {
-		case errors.Is(err, remote.ErrLeaseLost):
-			// A write or delete voided the lease while we loaded: our value may
-			// predate it. Return it to the callers that asked before the write,
-			// but store it nowhere.
-			c.stats.leasesLost.Add(1)
-			return flight[V]{v: v, absent: absent}, nil
-		case err != nil:
-			c.stats.remoteErrors.Add(1)
-			c.opts.Logger.Warn("tiered: shared tier fill failed", "key", key, "err", err)
-		}
+	if !f.cacheable {
+		c.releaseLease(ctx, fl, p.token)
 	}
-	c.storeLocal(f, key, v, absent, int64(len(frame)), ttl)
-	// Wait for ristretto to apply the store, so that the next Get hits rather than
-	// calling the Loader again: microseconds, against the Loader's milliseconds.
-	c.local.Wait()
-	return flight[V]{v: v, absent: absent}, nil
+	return f, true
+}
+
+// store puts a settled value in the near-cache, unless its shared-tier fill lost the
+// lease: a write or delete voided it while we loaded, so the value may predate it.
+// It is still returned to the callers that asked before the write, but stored nowhere.
+func (c *Cache[V]) store(fl *flight[V], f filled[V], fillErr error) {
+	if !f.cacheable {
+		return
+	}
+	switch {
+	case errors.Is(fillErr, remote.ErrLeaseLost):
+		c.stats.leasesLost.Add(1)
+		return
+	case fillErr != nil:
+		c.stats.remoteErrors.Add(1)
+		c.warnNode(fl.node, "tiered: shared tier fill failed", "key", fl.key, "err", fillErr)
+	}
+	c.storeLocal(fl.fence, fl.key, f.v, f.absent, int64(len(f.frame)), f.ttl)
 }
 
 // releaseLease gives up a lease whose load fills nothing (best effort: it expires
 // anyway), so that the next miss of key does not wait for it.
-func (c *Cache[V]) releaseLease(ctx context.Context, node int, key, token string) {
+func (c *Cache[V]) releaseLease(ctx context.Context, fl *flight[V], token string) {
 	if token == "" {
 		return
 	}
-	if err := c.shared.ReleaseLease(context.WithoutCancel(ctx), node, key, token); err != nil {
-		c.opts.Logger.Debug("tiered: lease not released; it will expire", "key", key, "err", err)
+	if err := c.shared.ReleaseLease(context.WithoutCancel(ctx), fl.node, fl.key, token); err != nil {
+		c.opts.Logger.Debug("tiered: lease not released; it will expire", "key", fl.key, "err", err)
 	}
 }
 
@@ -189,55 +249,96 @@ const (
 	leasePollMax = 50 * time.Millisecond
 )
 
-// lease takes key's lease on its node, or waits for the holder's fill. It returns
-// either done with the value found (another process filled it), or the token to fill
-// with ("" if there is none) and whether the load may write the shared tier at all.
+// leased is the outcome of awaitLease: the value (found), or the token to fill with
+// ("" if none) and whether the load may write the shared tier at all.
+type leased[V any] struct {
+	outcome[V]
+	found bool
+	token string
+	write bool
+}
+
+// awaitLease takes fl's key's lease on its node, or waits for the holder's fill.
 //
 // A waiter polls (one round trip that returns the value if it is there, and takes the
 // lease if it is free: a holder that died or was voided is replaced at once) until
 // Options.LeaseTTL plus one poll has passed; then it loads without writing Redis.
 // Liveness beats efficiency: no caller waits on another process longer than that.
-func (c *Cache[V]) lease(ctx context.Context, key string, node int, f local.Fence) (token string, write bool, fl flight[V], done bool) {
-	token = remote.NewToken()
+func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V]) leased[V] {
+	return c.pollLease(ctx, fl, remote.NewToken(), false)
+}
+
+// pollLease is awaitLease for a token that may already have been tried once (held
+// says it was found held, as GetMany's pipelined attempt reports).
+func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, held bool) leased[V] {
 	deadline := time.Now().Add(c.opts.LeaseTTL + leasePollMax)
 	backoff := leasePollMin
-	waited := false
+	if held {
+		c.stats.leaseWaits.Add(1)
+	}
 	for {
-		b, state, err := c.shared.Lease(ctx, node, key, token, c.opts.LeaseTTL)
-		switch {
-		case err != nil:
-			c.stats.remoteErrors.Add(1)
-			c.opts.Logger.Warn("tiered: shared tier lease failed; loading from source", "key", key, "err", err)
-			return "", false, fl, false
-		case state == remote.LeaseWon:
-			return token, true, fl, false
-		case state == remote.LeaseFound:
-			v, absent, ttl, derr := c.decode(b)
-			if derr != nil {
-				c.stats.decodeErrors.Add(1)
-				return "", false, fl, false // load, write nothing: a writer is active
+		if held {
+			left := time.Until(deadline)
+			if left <= 0 {
+				c.stats.leaseTimeouts.Add(1)
+				return leased[V]{}
 			}
-			c.stats.remoteHits.Add(1)
-			c.storeLocal(f, key, v, absent, int64(len(b)), ttl)
-			return "", false, flight[V]{v: v, absent: absent}, true
+			t := time.NewTimer(min(backoff, left))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return leased[V]{}
+			case <-t.C:
+			}
+			backoff = min(2*backoff, leasePollMax)
+		}
+		b, state, err := c.shared.Lease(ctx, fl.node, fl.key, token, c.opts.LeaseTTL)
+		if err != nil {
+			c.stats.remoteErrors.Add(1)
+			c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.key, "err", err)
+			return leased[V]{}
+		}
+		switch state {
+		case remote.LeaseWon:
+			return leased[V]{token: token, write: true}
+		case remote.LeaseFound:
+			if o, ok := c.found(fl, b); ok {
+				return leased[V]{outcome: o, found: true}
+			}
+			return leased[V]{} // undecodable, and a writer is active: load, write nothing
 		}
 		// Held by another process: wait for its fill.
-		if !waited {
-			waited = true
+		if !held {
+			held = true
 			c.stats.leaseWaits.Add(1)
 		}
-		left := time.Until(deadline)
-		if left <= 0 {
-			c.stats.leaseTimeouts.Add(1)
-			return "", false, fl, false
-		}
-		t := time.NewTimer(min(backoff, left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return "", false, fl, false
-		case <-t.C:
-		}
-		backoff = min(2*backoff, leasePollMax)
 	}
+}
+
+// found decodes a value another process filled while fl waited for its lease, and
+// stores it in the near-cache.
+func (c *Cache[V]) found(fl *flight[V], b []byte) (outcome[V], bool) {
+	v, absent, ttl, err := c.decode(b)
+	if err != nil {
+		c.stats.decodeErrors.Add(1)
+		return outcome[V]{}, false
+	}
+	c.stats.remoteHits.Add(1)
+	c.storeLocal(fl.fence, fl.key, v, absent, int64(len(b)), ttl)
+	return outcome[V]{v: v, absent: absent}, true
+}
+
+// loadConcurrently runs fn for each flight, at most LoadConcurrency at a time, and
+// waits for them.
+func (c *Cache[V]) loadConcurrently(fls []*flight[V], fn func(*flight[V])) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, c.opts.LoadConcurrency)
+	for _, fl := range fls {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			fn(fl)
+		})
+	}
+	wg.Wait()
 }

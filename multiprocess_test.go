@@ -142,6 +142,8 @@ func child(role string) (err error) {
 		return stampedeChild()
 	case "lease-holder":
 		return leaseHolderChild()
+	case "getmany":
+		return getManyChild()
 	}
 	if role != "writer" && role != "reader" {
 		return fmt.Errorf("unknown role %q", role)

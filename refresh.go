@@ -2,7 +2,6 @@ package tiered
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/local"
@@ -61,15 +60,21 @@ func (c *Cache[V]) scheduleRefresh(key string) {
 	}
 }
 
+// refresh reloads key ahead of its expiry. It runs as the leader of key's flight, so
+// that a Get or GetMany that misses the key meanwhile joins the refresh instead of
+// loading the key a second time; if a flight of the key is already running, that
+// flight is the refresh.
 func (c *Cache[V]) refresh(key string) {
-	if c.opts.Loader == nil {
+	if !c.hasLoader() {
+		return
+	}
+	fl, lead := c.begin(key, c.local.Hash(key))
+	if !lead {
 		return
 	}
 	ctx, cancel := c.loadContext(context.Background())
 	defer cancel()
-	h := c.local.Hash(key)
-	node := c.shared.Owner(key)
-	f := c.local.Fence(h, node)
+	fl.setPhase(phaseLease)
 	token := remote.NewToken()
 	// The lease is taken only while the value is not fresh: its time left is under
 	// halfway between the refresh threshold and the full TTL. A value another process
@@ -78,44 +83,24 @@ func (c *Cache[V]) refresh(key string) {
 	// expiry this process computed the due time from) and Redis's SET.
 	threshold := c.opts.RefreshAhead * float64(c.opts.TTL)
 	fresh := time.Duration(threshold + (float64(c.opts.TTL)-threshold)/2)
-	won, err := c.shared.TryLease(ctx, node, key, token, c.opts.LeaseTTL, fresh)
+	won, err := c.shared.TryLease(ctx, fl.node, key, token, c.opts.LeaseTTL, fresh)
 	switch {
 	case err != nil:
 		c.stats.remoteErrors.Add(1)
-		c.opts.Logger.Warn("tiered: refresh lease failed", "key", key, "err", err)
+		c.warnNode(fl.node, "tiered: refresh lease failed", "key", key, "err", err)
+		c.finish(fl, outcome[V]{err: errRetry})
 		return
 	case !won:
-		return // another process is refreshing the key, or has refreshed it
+		// Another process is refreshing the key, or has refreshed it: this flight
+		// has no value for anyone who joined it, who start their own.
+		c.finish(fl, outcome[V]{err: errRetry})
+		return
 	}
 	c.stats.refreshes.Add(1)
-	c.stats.loads.Add(1)
-	v, err := c.loadOne(ctx, key)
-	absent := errors.Is(err, ErrNotFound)
-	if err != nil && !absent {
-		c.stats.loadErrors.Add(1)
-		c.opts.Logger.Warn("tiered: refresh load failed; the old value stays until its TTL", "key", key, "err", err)
-		c.releaseLease(ctx, node, key, token)
-		return
+	fl.setPhase(phaseLoad)
+	v, err := c.loadKey(ctx, key)
+	c.fillOne(ctx, fl, plan{token: token, write: !c.localOnly}, v, err)
+	if fl.out.err != nil {
+		c.opts.Logger.Warn("tiered: refresh failed; the old value stays until its TTL", "key", key, "err", fl.out.err)
 	}
-	if absent {
-		c.stats.notFound.Add(1)
-	}
-	if c.afterLoad != nil {
-		c.afterLoad(key)
-	}
-	frame, ttl, ok := c.frame(key, v, absent)
-	if !ok {
-		c.releaseLease(ctx, node, key, token)
-		return
-	}
-	if err := c.shared.FillLeased(ctx, node, key, token, frame, ttl); err != nil {
-		if errors.Is(err, remote.ErrLeaseLost) {
-			c.stats.leasesLost.Add(1)
-		} else {
-			c.stats.remoteErrors.Add(1)
-			c.opts.Logger.Warn("tiered: refresh fill failed", "key", key, "err", err)
-		}
-		return
-	}
-	c.storeLocal(f, key, v, absent, int64(len(frame)), ttl)
 }

@@ -28,6 +28,10 @@ type Stats struct {
 	Refreshes        uint64 // background refreshes that won the key's lease and called the Loader
 	RefreshesSkipped uint64 // refreshes not queued because the workers were saturated
 
+	// LogsSuppressed counts warnings about a failing node left out of the log: at
+	// most one per node per second is logged.
+	LogsSuppressed uint64
+
 	// Coherence (see the package documentation).
 	InvalidationsSent     uint64 // writes (Set, Delete per node) whose invalidation was published
 	InvalidationsReceived uint64 // messages from other processes applied to the near-cache
@@ -63,6 +67,7 @@ type counters struct {
 	notFound, oversize, breakerOpens              atomic.Uint64
 	leaseWaits, leaseTimeouts, leasesLost         atomic.Uint64
 	refreshes, refreshesSkipped                   atomic.Uint64
+	logsSuppressed                                atomic.Uint64
 
 	invalidationsSent, invalidationsReceived, keysInvalidated atomic.Uint64
 	nodeDowns, flushesResubscribe, flushesGap, flushesEpoch   atomic.Uint64
@@ -97,6 +102,7 @@ func (s *counters) snapshot() Stats {
 
 		Refreshes:        s.refreshes.Load(),
 		RefreshesSkipped: s.refreshesSkipped.Load(),
+		LogsSuppressed:   s.logsSuppressed.Load(),
 
 		InvalidationsSent:     s.invalidationsSent.Load(),
 		InvalidationsReceived: s.invalidationsReceived.Load(),

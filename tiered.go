@@ -2,11 +2,8 @@ package tiered
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sync/singleflight"
 
 	"github.com/tieredcache/tiered/internal/invalidation"
 	"github.com/tieredcache/tiered/internal/local"
@@ -16,17 +13,14 @@ import (
 // Cache is a two-tier read-through cache of V values under string keys. It is safe
 // for concurrent use. Create it with New and release it with Close.
 type Cache[V any] struct {
-	opts   Options[V] // with defaults applied
-	local  *local.Cache[V]
-	shared sharedTier
-	tag    uint32             // envelope tag of opts.Codec
-	reads  singleflight.Group // shared-tier reads in flight, by flightKey
-	loads  singleflight.Group // loads in flight, by flightKey
-	// loading holds the flight keys of the loads in flight, so that callers that
-	// arrive during a load join it without reading the shared tier first.
-	loading sync.Map
+	opts    Options[V] // with defaults applied
+	local   *local.Cache[V]
+	shared  sharedTier
+	tag     uint32     // envelope tag of opts.Codec
+	flights flights[V] // keys being read or loaded (flight.go)
 	stats   counters
-	origin  string // this Cache's id in invalidation messages
+	warned  sync.Map // node index -> *atomic.Int64: when its last warning was logged (frame.go)
+	origin  string   // this Cache's id in invalidation messages
 	// localOnly is set when there is no shared tier: a Set then exists only in the near-cache.
 	localOnly bool
 
@@ -79,20 +73,16 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	return c.get(ctx, h, key)
 }
 
-// flight is the outcome of a read or a load, shared by every caller that joined it.
-type flight[V any] struct {
-	v      V
-	absent bool
-}
-
 // shared is the outcome of a shared-tier read.
 type shared[V any] struct {
-	flight[V]
+	outcome[V]
 	hit     bool
 	failed  bool // the node failed or timed out: do not write to it
 	corrupt bool // undecodable bytes are stored: overwrite them
 }
 
+// get is Get after a near-cache miss: it joins key's flight, or starts and leads it
+// (flight.go).
 func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	var zero V
 	if err := c.checkKey(key); err != nil {
@@ -106,99 +96,44 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	}
 	defer c.wg.Done()
 	c.stats.localMisses.Add(1)
-	node := c.shared.Owner(key)
-	f := c.local.Fence(h, node)
-	// Flight keys carry the fence's generations. A Get that starts after an
-	// invalidation of key (a Set or Delete here, or a message from another process)
-	// therefore never joins a read or load that started before it:
-	//
-	//   1. Get A reads the old value from Redis
-	//   2. Delete(key) removes it from Redis and bumps key's generation
-	//   3. Get B misses locally; with the plain key it would join A
-	//      and return the value deleted in 2
-	//
-	// With the generation in the key, B starts its own read, and A's Store is
-	// refused because A's fence is older than step 2.
-	fk := flightKey(key, f)
-
-	// A caller that arrives while the key is loading joins the load rather than
-	// reading the shared tier again (C6: one shared-tier read per miss).
-	var load <-chan singleflight.Result
-	if _, loading := c.loading.Load(fk); loading {
-		load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, shared[V]{}, true) })
-	} else {
-		// Phase 1: the shared-tier read runs inline in the first caller, with no
-		// goroutine hand-off on the path of a shared hit; concurrent callers share
-		// it. It is bounded by Options.Timeout, which also bounds how long a caller
-		// whose ctx ends may stay in it.
-		r, _, _ := c.reads.Do(fk, func() (any, error) {
-			if _, loading := c.loading.Load(fk); loading {
-				// The read this caller missed has just ended in a load: join it
-				// (below) rather than read the shared tier a second time.
-				return shared[V]{}, nil
+	for {
+		fl, lead := c.begin(key, h)
+		if lead {
+			// Phase read runs inline in the leader, bounded by Options.Timeout
+			// (which also bounds how long a leader whose ctx ends stays in it);
+			// callers arriving meanwhile join the flight and wait for it.
+			sr := c.readShared(context.WithoutCancel(ctx), fl)
+			if sr.hit {
+				c.finish(fl, sr.outcome)
+				return result(sr.outcome)
 			}
-			sr := c.readShared(context.WithoutCancel(ctx), key, node, f)
-			if !sr.hit {
-				// Start the load before releasing the callers of this read, so
-				// that they all join it (below) rather than start their own.
-				c.loading.Store(fk, struct{}{})
-				load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, sr, false) })
-			}
-			return sr, nil
-		})
-		sr := r.(shared[V])
-		if sr.hit {
-			return result(sr.flight)
+			c.wg.Add(1) // for load; this call's own count keeps Close waiting
+			go c.load(ctx, fl, sr)
 		}
-		// Phase 2: the load runs in its own goroutine, so that every caller
-		// honours its own ctx while waiting and none cancels it for the others. A
-		// caller that joined another's read joins its load; if that load has
-		// already ended, the new one reads the shared tier again first, where the
-		// ended one left the value, unless the read failed: a node that just timed
-		// out is not asked again, which would cost this caller a second Timeout.
-		if load == nil {
-			load = c.loads.DoChan(fk, func() (any, error) { return c.load(ctx, key, node, f, sr, !sr.failed) })
+		o, err := c.wait(ctx, fl)
+		if err != nil {
+			return zero, err
 		}
-	}
-	select {
-	case res := <-load:
-		c.loading.Delete(fk) // also done by the load itself; see load
-		if res.Err != nil {
-			return zero, res.Err
+		if o.err == errRetry {
+			continue
 		}
-		return result(res.Val.(flight[V]))
-	case <-ctx.Done():
-		return zero, ctx.Err()
-	case <-c.closing.Done():
-		return zero, ErrClosed
+		return result(o)
 	}
 }
 
-func result[V any](fl flight[V]) (V, error) {
-	if fl.absent {
-		var zero V
-		return zero, ErrNotFound
+// readShared reads fl's key from the shared tier and, on a hit, fills the near-cache.
+// A Cache without a shared tier reads nothing.
+func (c *Cache[V]) readShared(ctx context.Context, fl *flight[V]) shared[V] {
+	if c.localOnly {
+		return shared[V]{}
 	}
-	return fl.v, nil
-}
-
-func flightKey(key string, f local.Fence) string {
-	b := make([]byte, 0, len(key)+24)
-	b = append(b, key...)
-	b = append(b, 0)
-	b = strconv.AppendUint(b, f.Generation(), 36)
-	return string(b)
-}
-
-// readShared reads key from the shared tier and, on a hit, fills the near-cache.
-func (c *Cache[V]) readShared(ctx context.Context, key string, node int, f local.Fence) shared[V] {
-	b, err := c.shared.Get(ctx, node, key)
-	sr, ttl := c.classify(key, b, err)
+	b, err := c.shared.Get(ctx, fl.node, fl.key)
+	sr, ttl := c.classify(fl.node, fl.key, b, err)
 	if sr.hit {
 		if c.afterSharedRead != nil {
-			c.afterSharedRead(key)
+			c.afterSharedRead(fl.key)
 		}
-		c.storeLocal(f, key, sr.v, sr.absent, int64(len(b)), ttl)
+		c.storeLocal(fl.fence, fl.key, sr.v, sr.absent, int64(len(b)), ttl)
 	}
 	return sr
 }

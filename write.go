@@ -23,9 +23,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		return ErrClosed
 	}
 	defer c.wg.Done()
-	payload, err := c.opts.Codec.Marshal(v)
+	payload, v, err := c.encode(v) // v becomes what other processes will decode
 	if err != nil {
-		return fmt.Errorf("tiered: set %q: encode: %w", key, err)
+		return fmt.Errorf("tiered: set %q: %w", key, err)
 	}
 	if len(payload) > c.opts.MaxValueSize {
 		return fmt.Errorf("%w: %q encodes to %d bytes, more than MaxValueSize (%d)", ErrValueTooLarge, key, len(payload), c.opts.MaxValueSize)

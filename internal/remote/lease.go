@@ -19,13 +19,16 @@ import (
 // The lease of "<ns>:{<key>}" is "<ns>:{<key>}:lease": the same hash tag, so the
 // scripts touch one slot and also run on a Redis Cluster.
 
-// LeaseState is the outcome of Lease.
+// LeaseState is the outcome of Lease for one key. Its zero value, LeaseUnknown, is
+// what an error leaves: no outcome, so that a failed call is never mistaken for a
+// found value.
 type LeaseState int
 
 const (
-	LeaseFound LeaseState = iota // the value is there after all (returned)
-	LeaseWon                     // the caller holds the lease: load, then FillLeased
-	LeaseHeld                    // another process holds it: wait for its fill
+	LeaseUnknown LeaseState = iota // no outcome: the call failed
+	LeaseFound                     // the value is there after all (returned)
+	LeaseWon                       // the caller holds the lease: load, then FillLeased
+	LeaseHeld                      // another process holds it: wait for its fill
 )
 
 // leaseScript: KEYS = value key, lease key; ARGV = token, lease ttl in ms.
@@ -81,18 +84,129 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 		return err
 	})
 	if err != nil {
-		return nil, 0, err
+		return nil, LeaseUnknown, err
 	}
+	b, state := leaseOutcome(res)
+	if state == LeaseUnknown {
+		return nil, LeaseUnknown, fmt.Errorf("remote lease %q on %s: unexpected reply %T", key, r.Name(idx), res)
+	}
+	return b, state, nil
+}
+
+// leaseOutcome reads leaseScript's reply.
+func leaseOutcome(res any) ([]byte, LeaseState) {
 	switch v := res.(type) {
 	case string:
-		return []byte(v), LeaseFound, nil
+		return []byte(v), LeaseFound
 	case int64:
 		if v == 1 {
-			return nil, LeaseWon, nil
+			return nil, LeaseWon
 		}
-		return nil, LeaseHeld, nil
+		return nil, LeaseHeld
 	}
-	return nil, 0, fmt.Errorf("remote lease %q on %s: unexpected reply %T", key, r.Name(idx), res)
+	return nil, LeaseUnknown
+}
+
+// LeaseMany is Lease for a batch: for each item it returns the value (State
+// LeaseFound, Val set), or takes the key's lease with the item's Token (LeaseWon), or
+// finds it held (LeaseHeld). One pipelined round trip per node (per master on a
+// Cluster), the nodes in parallel. An item whose key has a missed write to replay, or
+// whose node failed, gets Err and State LeaseUnknown.
+func (r *Redis) LeaseMany(ctx context.Context, items []Item, ttl time.Duration) {
+	ms := max(ttl.Milliseconds(), 1)
+	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+		if batch = r.unblocked(n, batch); len(batch) == 0 {
+			return nil
+		}
+		cmds, err := r.evalPipelined(ctx, n, leaseScript, batch, func(it *Item) ([]string, []any) {
+			return []string{r.Key(it.Key), r.LeaseKey(it.Key)}, []any{it.Token, ms}
+		})
+		if err != nil {
+			return err
+		}
+		for i, it := range batch {
+			res, err := cmds[i].Result()
+			if err != nil {
+				it.Err = fmt.Errorf("remote lease %q on %s: %w", it.Key, n.name, err)
+				continue
+			}
+			if it.Val, it.State = leaseOutcome(res); it.State == LeaseUnknown {
+				it.Err = fmt.Errorf("remote lease %q on %s: unexpected reply %T", it.Key, n.name, res)
+			}
+		}
+		return nil
+	})
+}
+
+// FillLeasedMany is FillLeased for a batch: each item's Val is stored for ttl(i) if
+// its Token still holds the key's lease; an item whose lease is gone gets
+// ErrLeaseLost. One pipelined round trip per node, the nodes in parallel.
+func (r *Redis) FillLeasedMany(ctx context.Context, items []Item, ttl func(i int) time.Duration) {
+	pos := make(map[*Item]int, len(items))
+	for i := range items {
+		pos[&items[i]] = i
+	}
+	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+		cmds, err := r.evalPipelined(ctx, n, fillLeasedScript, batch, func(it *Item) ([]string, []any) {
+			return []string{r.Key(it.Key), r.LeaseKey(it.Key)}, []any{it.Token, it.Val, max(ttl(pos[it]).Milliseconds(), 1)}
+		})
+		if err != nil {
+			return err
+		}
+		for i, it := range batch {
+			switch wrote, err := cmds[i].Int(); {
+			case err != nil:
+				it.Err = fmt.Errorf("remote fill %q on %s: %w", it.Key, n.name, err)
+			case wrote == 0:
+				it.Err = ErrLeaseLost
+			}
+		}
+		return nil
+	})
+}
+
+// evalPipelined runs script once per item in one pipeline on n. EVALSHA cannot fall
+// back to EVAL inside a pipeline (the NOSCRIPT reply comes after Exec), so a node
+// that does not know the script yet (restarted, or new) has it loaded and the
+// pipeline is sent once more.
+func (r *Redis) evalPipelined(ctx context.Context, n *node, script *redis.Script, batch []*Item, args func(*Item) ([]string, []any)) ([]*redis.Cmd, error) {
+	for attempt := 0; ; attempt++ {
+		cmds := make([]*redis.Cmd, len(batch))
+		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, it := range batch {
+				keys, argv := args(it)
+				cmds[i] = script.EvalSha(ctx, p, keys, argv...)
+			}
+			return nil
+		})
+		if err == nil || attempt > 0 || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+			var reply redis.Error
+			if err != nil && !errors.As(err, &reply) {
+				return nil, err // the node did not answer: a node-level error
+			}
+			return cmds, nil // per-command errors are in cmds
+		}
+		if err := script.Load(ctx, n.c).Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// unblocked returns the items of batch that may be read from n: a key with a missed
+// write to replay there gets ErrNodeUnavailable (see readable).
+func (r *Redis) unblocked(n *node, batch []*Item) []*Item {
+	if !n.unsynced.Load() {
+		return batch
+	}
+	open := batch[:0:0]
+	for _, it := range batch {
+		if n.blocks(it.Key) {
+			it.Err = fmt.Errorf("%w: %s has a missed write of %q to replay", ErrNodeUnavailable, n.name, it.Key)
+		} else {
+			open = append(open, it)
+		}
+	}
+	return open
 }
 
 // ErrLeaseLost reports that a lease was voided (by a Set or Delete) or expired

@@ -372,6 +372,9 @@ type Item struct {
 	// Overwrite makes FillMany replace what is stored (undecodable bytes) rather
 	// than fill only an absent key.
 	Overwrite bool
+	// LeaseMany, FillLeasedMany: the lease token, and the outcome of LeaseMany.
+	Token string
+	State LeaseState
 }
 
 // GetMany looks up items on their nodes: one round trip per node (MGET on a
@@ -379,18 +382,8 @@ type Item struct {
 // the nodes in parallel. Results are written into the items.
 func (r *Redis) GetMany(ctx context.Context, items []Item) {
 	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
-		if n.unsynced.Load() {
-			open := batch[:0:0]
-			for _, it := range batch {
-				if n.blocks(it.Key) {
-					it.Err = fmt.Errorf("%w: %s has a missed write of %q to replay", ErrNodeUnavailable, n.name, it.Key)
-				} else {
-					open = append(open, it)
-				}
-			}
-			if batch = open; len(batch) == 0 {
-				return nil
-			}
+		if batch = r.unblocked(n, batch); len(batch) == 0 {
+			return nil
 		}
 		if !n.cluster {
 			keys := make([]string, len(batch))

@@ -1,0 +1,152 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tieredcache/tiered/internal/local"
+)
+
+// One flight per key.
+//
+// A key that is being read from the shared tier or loaded in this process has exactly
+// one flight, which every caller that misses the key in the near-cache joins: Get,
+// each key of GetMany, and refresh-ahead. The caller that starts a flight leads it
+// through its phases; the others wait for its outcome, each under its own ctx:
+//
+//	phaseRead   reading the shared tier (inline in the leader: a shared hit costs no
+//	            goroutine hand-off)
+//	phaseLease  taking the key's lease in the shared tier, or waiting for its holder
+//	            (another process) to fill the key
+//	phaseLoad   calling the Loader (or the BatchLoader, for many flights at once)
+//	phaseFill   writing the shared tier, then the near-cache
+//	phaseDone   the outcome is set and the waiters are woken
+//
+// From phaseLease on, the flight runs in its own goroutine under loadContext, so that
+// no caller's cancellation cancels it for the others.
+//
+// A flight is named by its key and by the generation of the key's fence (stripe and
+// node) when it began. A caller that misses after an invalidation of the key therefore
+// never joins a flight that began before it:
+//
+//  1. Get A starts a flight and reads the old value from Redis
+//  2. Delete(key) removes it from Redis and bumps the key's generation
+//  3. Get B misses locally; were flights named by key alone, B would join A's
+//     and return the value deleted in 2
+//
+// With the generation in the name, B starts its own flight, and A's near-cache store
+// is refused because A's fence is older than step 2 (invariant C2, fill fencing).
+//
+// A flight leaves the table before its waiters are woken and after its value is in
+// the near-cache (ristretto's buffer drained), so a caller arriving at any moment
+// either joins it, or hits the near-cache, or (if ristretto dropped the store) starts
+// a new flight that finds the value in the shared tier. The table is the only place a
+// flight is found: there is no second map of loads in progress, so a caller can never
+// arrive "between" a read and the load it ended in.
+
+type phase int32
+
+const (
+	phaseRead phase = iota
+	phaseLease
+	phaseLoad
+	phaseFill
+	phaseDone
+)
+
+// flightID names a flight: its key and the fence generation it began under.
+type flightID struct {
+	key string
+	gen uint64
+}
+
+// outcome is what a flight ends with, shared by every caller that joined it.
+type outcome[V any] struct {
+	v      V
+	absent bool
+	err    error
+}
+
+// errRetry ends a flight that has no value for its waiters (a refresh that found
+// another process refreshing): they start a flight of their own.
+var errRetry = errors.New("tiered: flight ended without a value; retry")
+
+type flight[V any] struct {
+	id    flightID
+	key   string
+	node  int
+	fence local.Fence
+	phase atomic.Int32
+	done  chan struct{} // closed when out is set
+	out   outcome[V]
+}
+
+func (fl *flight[V]) setPhase(p phase) { fl.phase.Store(int32(p)) }
+
+// flights is the table of this process's flights.
+type flights[V any] struct {
+	mu sync.Mutex // protects m
+	m  map[flightID]*flight[V]
+}
+
+// begin returns key's flight for its current fence, starting one if there is none;
+// lead reports that the caller started it and must lead it to finish.
+func (c *Cache[V]) begin(key string, h uint64) (fl *flight[V], lead bool) {
+	node := c.shared.Owner(key)
+	f := c.local.Fence(h, node)
+	id := flightID{key: key, gen: f.Generation()}
+	t := &c.flights
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if fl, ok := t.m[id]; ok {
+		return fl, false
+	}
+	if t.m == nil {
+		t.m = make(map[flightID]*flight[V])
+	}
+	fl = &flight[V]{id: id, key: key, node: node, fence: f, done: make(chan struct{})}
+	t.m[id] = fl
+	return fl, true
+}
+
+// finish ends fl with o: it leaves the table, then its waiters are woken.
+func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
+	t := &c.flights
+	t.mu.Lock()
+	delete(t.m, fl.id)
+	t.mu.Unlock()
+	fl.out = o
+	fl.setPhase(phaseDone)
+	close(fl.done)
+}
+
+// wait returns fl's outcome, or ctx's error, or ErrClosed, whichever comes first.
+func (c *Cache[V]) wait(ctx context.Context, fl *flight[V]) (outcome[V], error) {
+	select {
+	case <-fl.done:
+		return fl.out, nil
+	default:
+	}
+	select {
+	case <-fl.done:
+		return fl.out, nil
+	case <-ctx.Done():
+		return outcome[V]{}, ctx.Err()
+	case <-c.closing.Done():
+		return outcome[V]{}, ErrClosed
+	}
+}
+
+func result[V any](o outcome[V]) (V, error) {
+	if o.err != nil {
+		var zero V
+		return zero, o.err
+	}
+	if o.absent {
+		var zero V
+		return zero, ErrNotFound
+	}
+	return o.v, nil
+}
