@@ -4,11 +4,11 @@
 //
 // # Tiers
 //
-//   - The near-cache (package local) is ristretto v2, bounded in bytes
+//   - The near-cache is ristretto v2, bounded in bytes
 //     (Options.LocalMaxCost). A hit costs one hash, one ristretto lookup and three
 //     atomic loads, and allocates nothing.
-//   - The shared tier (package remote) is Redis: several standalone nodes spread over
-//     a consistent-hash ring (Options.Nodes or Options.Addrs; package ring), or one
+//   - The shared tier is Redis: several standalone nodes spread over a
+//     consistent-hash ring (Options.Nodes or Options.Addrs), or one
 //     redis.UniversalClient for a single node or a Redis Cluster (Options.Client).
 //   - The source of truth is the Loader. The cache never invents values: what it
 //     serves was loaded or Set.
@@ -18,15 +18,24 @@
 //
 // # Read path
 //
-// Get looks in the near-cache; on a miss the first caller for the key in this
-// process reads the key's owner node (concurrent callers share that read), and if
-// Redis has no value, one Loader call in the fleet (see Leases) fills Redis and the
-// near-cache. Absence
-// (ErrNotFound from the Loader) is cached too, for Options.NegativeTTL. A shared
-// tier that fails or times out (Options.Timeout) is counted in Stats, logged, and
-// bypassed: the Loader answers. After three consecutive failures a node's circuit
-// breaker opens and its calls fail at once for a second (package remote). Loader errors are never cached; panics become a
-// *PanicError. GetMany does the same for many keys with one round trip per node.
+// Get looks in the near-cache. A key missing there has one flight in this process,
+// which every caller that misses it joins, whichever call asked (Get, each key of
+// GetMany, a refresh-ahead): the first caller reads the key's owner node; if Redis
+// has no value, the flight takes the key's lease (see Leases), so that one process in
+// the fleet calls the Loader, then fills Redis and the near-cache, and every caller
+// that joined receives the value. Each caller waits under its own ctx; none cancels
+// the flight for the others. Absence (ErrNotFound from the Loader) is cached too, for
+// Options.NegativeTTL. A shared tier that fails or times out (Options.Timeout) is
+// counted in Stats, logged (at most once a second per node) and bypassed: the Loader
+// answers. After three consecutive failures a node's circuit breaker opens and its
+// calls fail at once for a second. Loader errors are never cached; panics become a
+// *PanicError.
+//
+// GetMany does the same for many keys: it joins the flights already running for its
+// keys, starts the others, reads them with one round trip per node, takes the leases
+// of those still missing in one pipelined round trip per node, waits for keys other
+// processes hold, calls the BatchLoader once for the keys it won, and fills them with
+// one pipelined round trip per node, each value only while its lease holds.
 //
 // # Write path
 //
@@ -44,8 +53,8 @@
 // Every Set and Delete runs one script on the key's owner node that writes (or
 // deletes) the key, increments the node's invalidation sequence and publishes a
 // message naming the keys, atomically; the writer updates or evicts its own
-// near-cache before returning. Every Cache subscribes to every node (package
-// invalidation). What is promised:
+// near-cache before returning. Every Cache subscribes to every node. What is
+// promised:
 //
 //   - Delivery. When a write returns nil, every other Cache whose subscription to the
 //     node is up evicts the key when the message arrives: about a pub/sub delivery
@@ -110,11 +119,12 @@
 // the fleet refreshes a key; a Set or Delete during the refresh keeps its result out
 // of both tiers; a refresh that fails leaves the old value served until its TTL ends.
 //
+// GetMany's batch loads take leases too (TestGetManyDeleteDuringBatchLoad,
+// TestMultiProcessGetManyOneLoadPerKey).
+//
 // Out of scope, bounded by TTLs only: writes to Redis or to the source of truth that
 // bypass this package (a Loader reading a source updated behind the cache's back
-// serves the old value until the copies expire), and GetMany's batch loads, which
-// fill Redis with SET NX rather than leases (a batch fill never overwrites a Set, but
-// can refill a key a concurrent Delete removed). On a Redis Cluster (Options.Client)
+// serves the old value until the copies expire). On a Redis Cluster (Options.Client)
 // writes publish without sequence numbers, so a lost message is detected only through
 // a lost subscription.
 //
@@ -123,9 +133,18 @@
 // Values travel to Redis in a versioned envelope: a header with the codec, the kind
 // (value or absence) and the expiry, then the codec's bytes. []byte and string
 // values are stored as they are; other types use CBOR unless Options.Codec says
-// otherwise. Bytes that do not decode (written by another codec, another version or
-// another program) are counted in Stats.DecodeErrors, never copied into the
-// near-cache, and replaced by a fresh load.
+// otherwise (see CBOR for what round-trips: exported fields, times to the nanosecond
+// with their offset). Bytes that do not decode (written by another codec, another
+// version or another program) are counted in Stats.DecodeErrors, never copied into
+// the near-cache, and replaced by a fresh load.
+//
+// Every tier answers the same value: a loaded or Set value is encoded for Redis and
+// decoded again, and that round trip is what the caller receives and the near-cache
+// keeps, so a replica that reads the value from Redis decodes exactly what the
+// replica that loaded it serves (TestEveryTierAnswersTheSameValue). It costs one
+// decode per load or Set, never one per hit. A value the codec cannot encode is an
+// error (from Set, or from the Get that loaded it), and New refuses a value type whose
+// zero value the codec cannot round-trip.
 //
 // # Concurrency and lifecycle
 //

@@ -10,7 +10,7 @@ type Stats struct {
 	LocalHits    uint64 // Gets and GetMany keys answered by the near-cache
 	LocalMisses  uint64 // ... that went on to the shared tier
 	RemoteHits   uint64 // answered by the shared tier (Redis)
-	RemoteMisses uint64 // the shared tier had no value
+	RemoteMisses uint64 // the shared tier had no value (never counted without a shared tier)
 	RemoteErrors uint64 // a shared-tier read or write failed or timed out (the read fell through to the Loader)
 	BreakerOpens uint64 // times a node's circuit breaker opened (its calls then fail at once for a while)
 	DecodeErrors uint64 // bytes in the shared tier that did not decode: treated as a miss, never cached locally
