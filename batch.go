@@ -45,6 +45,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	}
 	out := make(map[string]V, len(keys))
 	var waits, led []*flight[V]
+	var slab []flight[V] // storage for the flights this call starts: one allocation
 	seen := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
 		if _, dup := seen[k]; dup {
@@ -63,10 +64,14 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			continue
 		}
 		c.stats.localMisses.Add(1)
-		fl, lead := c.begin(k, h)
+		if len(slab) == 0 {
+			slab = make([]flight[V], len(keys)-len(seen)+1)
+		}
+		fl, lead := c.begin(k, h, &slab[0])
 		waits = append(waits, fl)
 		if lead {
 			led = append(led, fl)
+			slab = slab[1:]
 		}
 	}
 	if len(led) > 0 {

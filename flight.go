@@ -76,61 +76,86 @@ var errRetry = errors.New("tiered: flight ended without a value; retry")
 type flight[V any] struct {
 	id    flightID
 	key   string
+	h     uint64 // the key's hash: its shard of the table
 	node  int
 	fence local.Fence
 	phase atomic.Int32
-	done  chan struct{} // closed when out is set
-	out   outcome[V]
+	out   outcome[V] // set before ended
+	// Under the shard's mu: ended is set when out is; done is made by the first
+	// caller that waits before then (most flights end with nobody waiting: a shared
+	// hit, or a GetMany key nobody else asked for) and closed when the flight ends.
+	ended bool
+	done  chan struct{}
 }
 
 func (fl *flight[V]) setPhase(p phase) { fl.phase.Store(int32(p)) }
 
+// flightShards spreads the table over locks, so that misses of different keys on
+// different cores do not contend on one mutex.
+const flightShards = 64
+
 // flights is the table of this process's flights.
 type flights[V any] struct {
-	mu sync.Mutex // protects m
-	m  map[flightID]*flight[V]
+	shards [flightShards]struct {
+		mu sync.Mutex // protects m, and the ended and done fields of its flights
+		m  map[flightID]*flight[V]
+	}
 }
 
-// begin returns key's flight for its current fence, starting one if there is none;
-// lead reports that the caller started it and must lead it to finish.
-func (c *Cache[V]) begin(key string, h uint64) (fl *flight[V], lead bool) {
+// begin returns key's flight for its current fence, starting one if there is none
+// (in spare, if not nil: GetMany allocates its flights together); lead reports that
+// the caller started it and must lead it to finish.
+func (c *Cache[V]) begin(key string, h uint64, spare *flight[V]) (fl *flight[V], lead bool) {
 	node := c.shared.Owner(key)
 	f := c.local.Fence(h, node)
 	id := flightID{key: key, gen: f.Generation()}
-	t := &c.flights
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if fl, ok := t.m[id]; ok {
+	sh := &c.flights.shards[h%flightShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if fl, ok := sh.m[id]; ok {
 		return fl, false
 	}
-	if t.m == nil {
-		t.m = make(map[flightID]*flight[V])
+	if sh.m == nil {
+		sh.m = make(map[flightID]*flight[V])
 	}
-	fl = &flight[V]{id: id, key: key, node: node, fence: f, done: make(chan struct{})}
-	t.m[id] = fl
+	if fl = spare; fl == nil {
+		fl = new(flight[V])
+	}
+	fl.id, fl.key, fl.h, fl.node, fl.fence = id, key, h, node, f
+	sh.m[id] = fl
 	return fl, true
 }
 
 // finish ends fl with o: it leaves the table, then its waiters are woken.
 func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
-	t := &c.flights
-	t.mu.Lock()
-	delete(t.m, fl.id)
-	t.mu.Unlock()
 	fl.out = o
 	fl.setPhase(phaseDone)
-	close(fl.done)
+	sh := &c.flights.shards[fl.h%flightShards]
+	sh.mu.Lock()
+	delete(sh.m, fl.id)
+	fl.ended = true
+	done := fl.done
+	sh.mu.Unlock()
+	if done != nil {
+		close(done)
+	}
 }
 
 // wait returns fl's outcome, or ctx's error, or ErrClosed, whichever comes first.
 func (c *Cache[V]) wait(ctx context.Context, fl *flight[V]) (outcome[V], error) {
-	select {
-	case <-fl.done:
+	sh := &c.flights.shards[fl.h%flightShards]
+	sh.mu.Lock()
+	if fl.ended {
+		sh.mu.Unlock()
 		return fl.out, nil
-	default:
 	}
+	if fl.done == nil {
+		fl.done = make(chan struct{})
+	}
+	done := fl.done
+	sh.mu.Unlock()
 	select {
-	case <-fl.done:
+	case <-done:
 		return fl.out, nil
 	case <-ctx.Done():
 		return outcome[V]{}, ctx.Err()

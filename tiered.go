@@ -97,7 +97,7 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	defer c.wg.Done()
 	c.stats.localMisses.Add(1)
 	for {
-		fl, lead := c.begin(key, h)
+		fl, lead := c.begin(key, h, nil)
 		if lead {
 			// Phase read runs inline in the leader, bounded by Options.Timeout
 			// (which also bounds how long a leader whose ctx ends stays in it);
