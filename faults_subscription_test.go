@@ -169,7 +169,7 @@ func TestC4LostSubscriptionBypass(t *testing.T) {
 	}
 	hk := b.local.Hash(k)
 	b.local.Wait()
-	if _, _, ok := b.local.Get(hk, k); ok {
+	if _, _, ok, _ := b.local.Lookup(hk, k); ok {
 		t.Fatalf("%q still served from B's near-cache after its node's subscription was lost", k)
 	}
 
@@ -186,7 +186,7 @@ func TestC4LostSubscriptionBypass(t *testing.T) {
 			}
 		}
 		b.local.Wait()
-		if _, _, ok := b.local.Get(hk, k); ok {
+		if _, _, ok, _ := b.local.Lookup(hk, k); ok {
 			t.Fatalf("round %d: B stored %q in its near-cache while X was down", i, k)
 		}
 		if b.local.Up(x) {

@@ -160,7 +160,7 @@ func waitLocal[V any](t testing.TB, c *Cache[V], key string) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		c.local.Wait()
-		if _, _, ok := c.local.Get(c.local.Hash(key), key); ok {
+		if _, _, ok, _ := c.local.Lookup(c.local.Hash(key), key); ok {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -173,7 +173,7 @@ func waitLocal[V any](t testing.TB, c *Cache[V], key string) {
 
 // nearHas returns key's value if c's near-cache serves it.
 func nearHas[V any](c *Cache[V], key string) (V, bool) {
-	v, _, ok := c.local.Get(c.local.Hash(key), key)
+	v, _, ok, _ := c.local.Lookup(c.local.Hash(key), key)
 	return v, ok
 }
 

@@ -54,6 +54,7 @@ type Handler interface {
 // Config configures a Subscriber.
 type Config struct {
 	Node    int                   // passed to the Handler
+	Name    string                // the node's name, in log lines
 	Client  redis.UniversalClient // the node's client
 	Channel string
 	Origin  string // this cache's id: its own messages are not Invalidated
@@ -227,6 +228,6 @@ func (s *Subscriber) handle(payload string) {
 
 func (s *Subscriber) logf(msg string, err error) {
 	if s.cfg.Logger != nil {
-		s.cfg.Logger.Warn(msg, "channel", s.cfg.Channel, "node", s.cfg.Node, "err", err)
+		s.cfg.Logger.Warn(msg, "channel", s.cfg.Channel, "node", s.cfg.Name, "err", err)
 	}
 }

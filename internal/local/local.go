@@ -183,12 +183,6 @@ func (c *Cache[V]) Close() {
 // Hash returns the hash Lookup, Fence and Invalidate take for key.
 func (c *Cache[V]) Hash(key string) uint64 { return maphash.String(c.seed, key) }
 
-// Get is Lookup without the refresh report.
-func (c *Cache[V]) Get(h uint64, key string) (v V, absent, ok bool) {
-	v, absent, ok, _ = c.Lookup(h, key)
-	return v, absent, ok
-}
-
 // Lookup returns the entry for key if one is stored and still valid; absent reports
 // a negative entry. It reports, to the first caller past the entry's refresh time
 // only, that a refresh is due. It allocates nothing.

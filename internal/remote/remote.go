@@ -315,16 +315,11 @@ func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 	return b, err
 }
 
-// Fill stores b for key on node idx for ttl unless a value is already there (SET NX):
-// a loader's result never overwrites a concurrent writer's. It publishes nothing: a
-// fill changes no value another process may hold.
-func (r *Redis) Fill(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
-	return r.set(ctx, idx, key, b, ttl, true)
-}
-
 // Repair overwrites undecodable bytes stored for key with b, publishing nothing.
 func (r *Redis) Repair(ctx context.Context, idx int, key string, b []byte, ttl time.Duration) error {
-	return r.set(ctx, idx, key, b, ttl, false)
+	return r.call(ctx, idx, key, "repair", false, func(ctx context.Context, n *node) error {
+		return n.c.Set(ctx, r.Key(key), b, ttl).Err()
+	})
 }
 
 // Set stores b for key on node idx for ttl and publishes payload on the node's
@@ -353,15 +348,6 @@ func (r *Redis) Channel() string { return r.channel }
 func (r *Redis) Client(idx int) redis.UniversalClient { return (*r.nodes.Load())[idx].c }
 
 func newEpoch() string { return strconv.FormatUint(rand.Uint64(), 36) }
-
-func (r *Redis) set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, nx bool) error {
-	return r.call(ctx, idx, key, "set", false, func(ctx context.Context, n *node) error {
-		if nx {
-			return n.c.SetNX(ctx, r.Key(key), b, ttl).Err()
-		}
-		return n.c.Set(ctx, r.Key(key), b, ttl).Err()
-	})
-}
 
 // Item is one key of a batch, with the node that owns it.
 type Item struct {

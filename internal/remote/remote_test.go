@@ -57,14 +57,11 @@ func TestRoundTrip(t *testing.T) {
 	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) {
 		t.Fatalf("Get of a missing key = %v, want ErrMiss", err)
 	}
-	if err := r.Fill(ctx, 0, "k", []byte("first"), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Fill(ctx, 0, "k", []byte("second"), time.Minute); err != nil {
+	if err := r.Repair(ctx, 0, "k", []byte("first"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if b, err := r.Get(ctx, 0, "k"); err != nil || string(b) != "first" {
-		t.Fatalf("Get after two Fills = %q, %v; a Fill must not overwrite", b, err)
+		t.Fatalf("Get after Repair = %q, %v", b, err)
 	}
 	if err := r.Set(ctx, 0, "k", []byte("set"), time.Minute, []byte("payload")); err != nil {
 		t.Fatal(err)
