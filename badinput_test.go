@@ -503,7 +503,7 @@ func TestBadInputTable(t *testing.T) {
 			}
 			// The failed load released the lease it took: the next Get of the key,
 			// here or in any process, loads at once rather than waiting LeaseTTL.
-			if l, err := e.servers[c.shared.Owner("k")].Do(ctx, "GET", e.redis().LeaseKey("k")); err == nil {
+			if l, err := e.servers[c.shared.Owner("k")].Do(ctx, "GET", e.redis().Key("k")); err == nil {
 				t.Errorf("the failed load left its lease %v in Redis", l)
 			}
 			e.src.mu.Lock()

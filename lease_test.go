@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // C3 (no stale set in Redis): a Loader result read before a Delete is never written into Redis after it.
@@ -142,9 +143,9 @@ func TestLeaseHolderDies(t *testing.T) {
 	ctx := context.Background()
 	// A holder that died: the lease is taken, nothing will ever fill.
 	r := c.shared.(interface {
-		LeaseKey(string) string
+		Key(string) string
 	})
-	if _, err := servers[0].Do(ctx, "SET", r.LeaseKey("k"), "dead-holder", "PX", 300); err != nil {
+	if _, err := servers[0].Do(ctx, "SET", r.Key("k"), remote.Placeholder("dead-holder"), "PX", 300); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

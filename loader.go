@@ -130,10 +130,16 @@ func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) 
 		c.finish(fl, outcome[V]{absent: true}) // nothing to load: absent
 		return
 	}
-	p := plan{write: !sr.failed && !c.localOnly, repair: sr.corrupt}
-	if p.write && !p.repair {
+	p := plan{write: !sr.failed && !c.localOnly, repair: sr.corrupt, token: sr.token}
+	if sr.held || p.write && !p.repair && p.token == "" {
+		// The read found another holder's lease (or took none: no shared tier
+		// read it): wait for the holder's fill, or take the lease.
 		fl.setPhase(phaseLease)
-		ls := c.awaitLease(ctx, fl)
+		token := sr.token
+		if token == "" {
+			token = remote.NewToken()
+		}
+		ls := c.pollLease(ctx, fl, token, sr.held)
 		if ls.found {
 			c.finish(fl, ls.outcome)
 			return
@@ -147,9 +153,10 @@ func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) 
 
 // plan is what a load may write to the shared tier once its value is known.
 type plan struct {
-	token  string // the lease to fill with ("" if none)
-	write  bool   // the shared tier may be written at all (false: the node failed, or a lease wait timed out)
-	repair bool   // undecodable bytes are stored: overwrite them
+	token   string // the lease to fill with ("" if none)
+	refresh bool   // token is a refresh's lease (TryLease), not a placeholder
+	write   bool   // the shared tier may be written at all (false: the node failed, or a lease wait timed out)
+	repair  bool   // undecodable bytes are stored: overwrite them
 }
 
 // fillOne ends fl with the outcome of its load (v, err): it fills the shared tier as p
@@ -162,6 +169,8 @@ func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err 
 	var ferr error
 	switch {
 	case !p.write:
+	case p.refresh:
+		ferr = c.shared.FillRefreshed(ctx, fl.node, fl.key, p.token, f.frame, f.ttl)
 	case p.token != "":
 		ferr = c.shared.FillLeased(ctx, fl.node, fl.key, p.token, f.frame, f.ttl)
 	case p.repair:
@@ -194,7 +203,7 @@ func (c *Cache[V]) settle(ctx context.Context, fl *flight[V], p plan, v V, err e
 		absent = true
 	default:
 		c.stats.loadErrors.Add(1)
-		c.releaseLease(ctx, fl, p.token)
+		c.releaseLease(ctx, fl, p)
 		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.key, err)})
 		return filled[V]{}, false
 	}
@@ -204,12 +213,12 @@ func (c *Cache[V]) settle(ctx context.Context, fl *flight[V], p plan, v V, err e
 	f, err := c.frame(fl.key, v, absent)
 	if err != nil {
 		c.stats.loadErrors.Add(1)
-		c.releaseLease(ctx, fl, p.token)
+		c.releaseLease(ctx, fl, p)
 		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.key, err)})
 		return filled[V]{}, false
 	}
 	if !f.cacheable {
-		c.releaseLease(ctx, fl, p.token)
+		c.releaseLease(ctx, fl, p)
 	}
 	return f, true
 }
@@ -234,11 +243,15 @@ func (c *Cache[V]) store(fl *flight[V], f filled[V], fillErr error) {
 
 // releaseLease gives up a lease whose load fills nothing (best effort: it expires
 // anyway), so that the next miss of key does not wait for it.
-func (c *Cache[V]) releaseLease(ctx context.Context, fl *flight[V], token string) {
-	if token == "" {
+func (c *Cache[V]) releaseLease(ctx context.Context, fl *flight[V], p plan) {
+	if p.token == "" {
 		return
 	}
-	if err := c.shared.ReleaseLease(context.WithoutCancel(ctx), fl.node, fl.key, token); err != nil {
+	release := c.shared.ReleaseLease
+	if p.refresh {
+		release = c.shared.ReleaseRefreshLease
+	}
+	if err := release(context.WithoutCancel(ctx), fl.node, fl.key, p.token); err != nil {
 		c.opts.Logger.Debug("tiered: lease not released; it will expire", "key", fl.key, "err", err)
 	}
 }

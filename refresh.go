@@ -99,7 +99,7 @@ func (c *Cache[V]) refresh(key string) {
 	c.stats.refreshes.Add(1)
 	fl.setPhase(phaseLoad)
 	v, err := c.loadKey(ctx, key)
-	c.fillOne(ctx, fl, plan{token: token, write: !c.localOnly}, v, err)
+	c.fillOne(ctx, fl, plan{token: token, refresh: true, write: !c.localOnly}, v, err)
 	if fl.out.err != nil {
 		c.opts.Logger.Warn("tiered: refresh failed; the old value stays until its TTL", "key", key, "err", fl.out.err)
 	}

@@ -34,7 +34,9 @@ type sharedLeaser interface {
 	FillLeased(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
 	FillLeasedMany(ctx context.Context, items []remote.Item, ttl func(i int) time.Duration)
 	TryLease(ctx context.Context, node int, key, token string, ttl, threshold time.Duration) (bool, error)
+	FillRefreshed(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
 	ReleaseLease(ctx context.Context, node int, key, token string) error
+	ReleaseRefreshLease(ctx context.Context, node int, key, token string) error
 }
 
 // sharedWriter writes and publishes invalidations (write.go), or repairs undecodable
@@ -77,7 +79,11 @@ func (noShared) FillLeasedMany(context.Context, []remote.Item, func(int) time.Du
 func (noShared) TryLease(context.Context, int, string, string, time.Duration, time.Duration) (bool, error) {
 	return true, nil
 }
-func (noShared) ReleaseLease(context.Context, int, string, string) error { return nil }
+func (noShared) ReleaseLease(context.Context, int, string, string) error        { return nil }
+func (noShared) ReleaseRefreshLease(context.Context, int, string, string) error { return nil }
+func (noShared) FillRefreshed(context.Context, int, string, string, []byte, time.Duration) error {
+	return nil
+}
 func (noShared) Set(context.Context, int, string, []byte, time.Duration, []byte) error {
 	return nil
 }

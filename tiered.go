@@ -4,9 +4,11 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tieredcache/tiered/internal/invalidation"
 	"github.com/tieredcache/tiered/internal/local"
+	"github.com/tieredcache/tiered/internal/remote"
 	"github.com/tieredcache/tiered/internal/ring"
 )
 
@@ -77,8 +79,10 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 type shared[V any] struct {
 	outcome[V]
 	hit     bool
-	failed  bool // the node failed or timed out: do not write to it
-	corrupt bool // undecodable bytes are stored: overwrite them
+	failed  bool   // the node failed or timed out: do not write to it
+	corrupt bool   // undecodable bytes are stored: overwrite them
+	token   string // the read took the key's lease with this token (won), or tried to (held)
+	held    bool   // another process holds the key's lease
 }
 
 // get is Get after a near-cache miss: it joins key's flight, or starts and leads it
@@ -122,13 +126,33 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 }
 
 // readShared reads fl's key from the shared tier and, on a hit, fills the near-cache.
-// A Cache without a shared tier reads nothing.
+// With a Loader the read also takes the key's lease if the key is missing (one
+// command: see Leases in loader.go), so that a near miss costs two round trips, this
+// one and the fill. A Cache without a shared tier reads nothing.
 func (c *Cache[V]) readShared(ctx context.Context, fl *flight[V]) shared[V] {
 	if c.localOnly {
 		return shared[V]{}
 	}
-	b, err := c.shared.Get(ctx, fl.node, fl.key)
-	sr, ttl := c.classify(fl.node, fl.key, b, err)
+	var b []byte
+	var err error
+	var sr shared[V]
+	var ttl time.Duration
+	if c.hasLoader() {
+		token := remote.NewToken()
+		var state remote.LeaseState
+		b, state, err = c.shared.Lease(ctx, fl.node, fl.key, token, c.opts.LeaseTTL)
+		switch {
+		case err == nil && state == remote.LeaseWon:
+			c.stats.remoteMisses.Add(1)
+			return shared[V]{token: token}
+		case err == nil && state == remote.LeaseHeld:
+			c.stats.remoteMisses.Add(1)
+			return shared[V]{token: token, held: true}
+		}
+	} else {
+		b, err = c.shared.Get(ctx, fl.node, fl.key)
+	}
+	sr, ttl = c.classify(fl.node, fl.key, b, err)
 	if sr.hit {
 		if c.afterSharedRead != nil {
 			c.afterSharedRead(fl.key)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,8 +17,17 @@ import (
 // A Loader result read before a Delete can therefore never be written after it: the
 // Delete's script deletes the lease, and the holder's fill finds its token gone.
 //
-// The lease of "<ns>:{<key>}" is "<ns>:{<key>}:lease": the same hash tag, so the
-// scripts touch one slot and also run on a Redis Cluster.
+// A miss's lease lives in the value key itself, as rueidisaside does: one native
+// command, SET <key> <placeholder> NX GET PX <lease ttl> (Redis >= 7.0), returns the
+// value (a hit), or nil (the lease is won: the key now holds this caller's
+// placeholder), or another holder's placeholder (held). A near miss therefore costs two
+// round trips, the read that takes the lease and the fill, a compare-and-set of the
+// placeholder. A Set overwrites the placeholder and a Delete removes it, which voids the
+// lease. Readers that GET a placeholder see a miss.
+//
+// A refresh-ahead cannot hide the value it refreshes behind a placeholder, so its lease
+// is a companion key, "<ns>:{<key>}:lease" (the same hash tag: one slot, so the scripts
+// also run on a Redis Cluster), which Set and Delete delete too.
 
 // LeaseState is the outcome of Lease for one key. Its zero value, LeaseUnknown, is
 // what an error leaves: no outcome, so that a failed call is never mistaken for a
@@ -31,29 +41,32 @@ const (
 	LeaseHeld                      // another process holds it: wait for its fill
 )
 
-// leaseScript: KEYS = value key, lease key; ARGV = token, lease ttl in ms.
-// Returns the value (bulk), or 1 (lease won) or 0 (lease held by another).
-var leaseScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-if v then return v end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-`)
+// placeholderPrefix starts every placeholder. No value starts with it: values are
+// envelopes, whose first byte is 0xC7.
+const placeholderPrefix = "\x00lease:"
 
-// fillLeasedScript: KEYS = value key, lease key; ARGV = token, value, ttl in ms.
-// Writes only while the token is still the lease. Returns 1 if it wrote.
-var fillLeasedScript = redis.NewScript(`
-if redis.call('GET', KEYS[2]) == ARGV[1] then
+func placeholder(token string) string { return placeholderPrefix + token }
+
+// Placeholder returns the bytes a lease taken with token stores in its value key.
+func Placeholder(token string) string { return placeholder(token) }
+
+// IsPlaceholder reports whether b, read from a value key, is a lease's placeholder.
+func IsPlaceholder(b []byte) bool {
+	return len(b) >= len(placeholderPrefix) && string(b[:len(placeholderPrefix)]) == placeholderPrefix
+}
+
+// casScript: KEYS = key; ARGV = expected, value, ttl in ms. Sets key to value for ttl
+// only while it holds expected. Returns 1 if it wrote.
+var casScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
 `)
 
-// releaseLeaseScript: KEYS = lease key; ARGV = token. Deletes the lease only while
-// token holds it.
-var releaseLeaseScript = redis.NewScript(`
+// delIfScript: KEYS = key; ARGV = expected. Deletes key only while it holds expected.
+var delIfScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 `)
@@ -63,7 +76,14 @@ return 0
 // here or in another process, loads at once rather than waiting out the lease.
 func (r *Redis) ReleaseLease(ctx context.Context, idx int, key, token string) error {
 	return r.call(ctx, idx, key, "release lease", false, func(ctx context.Context, n *node) error {
-		return releaseLeaseScript.Run(ctx, n.c, []string{r.LeaseKey(key)}, token).Err()
+		return delIfScript.Run(ctx, n.c, []string{r.Key(key)}, placeholder(token)).Err()
+	})
+}
+
+// ReleaseRefreshLease gives up a refresh's lease (see TryLease) if token still holds it.
+func (r *Redis) ReleaseRefreshLease(ctx context.Context, idx int, key, token string) error {
+	return r.call(ctx, idx, key, "release lease", false, func(ctx context.Context, n *node) error {
+		return delIfScript.Run(ctx, n.c, []string{r.LeaseKey(key)}, token).Err()
 	})
 }
 
@@ -75,36 +95,34 @@ func NewToken() string {
 	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
 }
 
-// Lease looks key up once more and, if it is still missing, tries to take its lease
-// with token for ttl.
+// Lease reads key and, if it is missing, takes its lease with token for ttl, in one
+// command: LeaseFound with the value, LeaseWon, or LeaseHeld (another placeholder).
 func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.Duration) ([]byte, LeaseState, error) {
-	var res any
-	err := r.call(ctx, idx, key, "lease", true, func(ctx context.Context, n *node) (err error) {
-		res, err = leaseScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, max(ttl.Milliseconds(), 1)).Result()
+	var res string
+	var won bool // the reply was nil: the key was missing and now holds our placeholder
+	err := r.call(ctx, idx, key, "read", true, func(ctx context.Context, n *node) (err error) {
+		res, err = n.c.SetArgs(ctx, r.Key(key), placeholder(token), redis.SetArgs{Mode: "NX", Get: true, TTL: ttl}).Result()
+		if errors.Is(err, redis.Nil) {
+			won, err = true, nil
+		}
 		return err
 	})
 	if err != nil {
 		return nil, LeaseUnknown, err
 	}
-	b, state := leaseOutcome(res)
-	if state == LeaseUnknown {
-		return nil, LeaseUnknown, fmt.Errorf("remote lease %q on %s: unexpected reply %T", key, r.Name(idx), res)
-	}
+	b, state := leaseOutcome(res, won)
 	return b, state, nil
 }
 
-// leaseOutcome reads leaseScript's reply.
-func leaseOutcome(res any) ([]byte, LeaseState) {
-	switch v := res.(type) {
-	case string:
-		return []byte(v), LeaseFound
-	case int64:
-		if v == 1 {
-			return nil, LeaseWon
-		}
+// leaseOutcome reads the reply of SET NX GET: nil (won), or the bytes that were there.
+func leaseOutcome(res string, isNil bool) ([]byte, LeaseState) {
+	switch {
+	case isNil:
+		return nil, LeaseWon
+	case strings.HasPrefix(res, placeholderPrefix):
 		return nil, LeaseHeld
 	}
-	return nil, LeaseUnknown
+	return []byte(res), LeaseFound
 }
 
 // LeaseMany is Lease for a batch: for each item it returns the value (State
@@ -113,26 +131,28 @@ func leaseOutcome(res any) ([]byte, LeaseState) {
 // Cluster), the nodes in parallel. An item whose key has a missed write to replay, or
 // whose node failed, gets Err and State LeaseUnknown.
 func (r *Redis) LeaseMany(ctx context.Context, items []Item, ttl time.Duration) {
-	ms := max(ttl.Milliseconds(), 1)
 	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
 		if batch = r.unblocked(n, batch); len(batch) == 0 {
 			return nil
 		}
-		cmds, err := r.evalPipelined(ctx, n, leaseScript, batch, func(it *Item) ([]string, []any) {
-			return []string{r.Key(it.Key), r.LeaseKey(it.Key)}, []any{it.Token, ms}
+		cmds := make([]*redis.StatusCmd, len(batch))
+		_, err := n.c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, it := range batch {
+				cmds[i] = p.SetArgs(ctx, r.Key(it.Key), placeholder(it.Token), redis.SetArgs{Mode: "NX", Get: true, TTL: ttl})
+			}
+			return nil
 		})
-		if err != nil {
-			return err
+		var reply redis.Error
+		if err != nil && !errors.Is(err, redis.Nil) && !errors.As(err, &reply) {
+			return err // the node did not answer: a node-level error
 		}
 		for i, it := range batch {
 			res, err := cmds[i].Result()
-			if err != nil {
+			if err != nil && !errors.Is(err, redis.Nil) {
 				it.Err = fmt.Errorf("remote lease %q on %s: %w", it.Key, n.name, err)
 				continue
 			}
-			if it.Val, it.State = leaseOutcome(res); it.State == LeaseUnknown {
-				it.Err = fmt.Errorf("remote lease %q on %s: unexpected reply %T", it.Key, n.name, res)
-			}
+			it.Val, it.State = leaseOutcome(res, errors.Is(err, redis.Nil))
 		}
 		return nil
 	})
@@ -147,8 +167,8 @@ func (r *Redis) FillLeasedMany(ctx context.Context, items []Item, ttl func(i int
 		pos[&items[i]] = i
 	}
 	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
-		cmds, err := r.evalPipelined(ctx, n, fillLeasedScript, batch, func(it *Item) ([]string, []any) {
-			return []string{r.Key(it.Key), r.LeaseKey(it.Key)}, []any{it.Token, it.Val, max(ttl(pos[it]).Milliseconds(), 1)}
+		cmds, err := r.evalPipelined(ctx, n, casScript, batch, func(it *Item) ([]string, []any) {
+			return []string{r.Key(it.Key)}, []any{placeholder(it.Token), it.Val, max(ttl(pos[it]).Milliseconds(), 1)}
 		})
 		if err != nil {
 			return err
@@ -213,12 +233,37 @@ func (r *Redis) unblocked(n *node, batch []*Item) []*Item {
 // before the holder's fill: nothing was written.
 var ErrLeaseLost = errors.New("remote: lease lost")
 
-// FillLeased stores b for key for ttl if token still holds key's lease, and releases
-// the lease. It returns ErrLeaseLost if the lease is gone.
+// FillLeased stores b for key for ttl if token's placeholder still holds the key (the
+// lease is ours). It returns ErrLeaseLost if the lease is gone: a Set or Delete voided
+// it, or it expired.
 func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []byte, ttl time.Duration) error {
 	var wrote int
 	err := r.call(ctx, idx, key, "fill", false, func(ctx context.Context, n *node) (err error) {
-		wrote, err = fillLeasedScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, b, max(ttl.Milliseconds(), 1)).Int()
+		wrote, err = casScript.Run(ctx, n.c, []string{r.Key(key)}, placeholder(token), b, max(ttl.Milliseconds(), 1)).Int()
+		return err
+	})
+	if err == nil && wrote == 0 {
+		return ErrLeaseLost
+	}
+	return err
+}
+
+// fillRefreshedScript: KEYS = value key, lease key; ARGV = token, value, ttl in ms.
+// Writes only while the token still holds the refresh lease. Returns 1 if it wrote.
+var fillRefreshedScript = redis.NewScript(`
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+`)
+
+// FillRefreshed is FillLeased for a refresh's lease (see TryLease).
+func (r *Redis) FillRefreshed(ctx context.Context, idx int, key, token string, b []byte, ttl time.Duration) error {
+	var wrote int
+	err := r.call(ctx, idx, key, "fill", false, func(ctx context.Context, n *node) (err error) {
+		wrote, err = fillRefreshedScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, token, b, max(ttl.Milliseconds(), 1)).Int()
 		return err
 	})
 	if err == nil && wrote == 0 {

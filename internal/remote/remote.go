@@ -309,8 +309,8 @@ func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 		b, err = n.c.Get(ctx, r.Key(key)).Bytes()
 		return err
 	})
-	if errors.Is(err, redis.Nil) {
-		return nil, ErrMiss
+	if errors.Is(err, redis.Nil) || err == nil && IsPlaceholder(b) {
+		return nil, ErrMiss // a placeholder: another caller holds the key's lease
 	}
 	return b, err
 }
@@ -384,6 +384,9 @@ func (r *Redis) GetMany(ctx context.Context, items []Item) {
 				switch v := vals[i].(type) {
 				case string:
 					it.Val, it.Err = []byte(v), nil
+					if IsPlaceholder(it.Val) {
+						it.Val, it.Err = nil, ErrMiss
+					}
 				default: // nil: a miss
 					it.Err = ErrMiss
 				}
@@ -403,6 +406,8 @@ func (r *Redis) GetMany(ctx context.Context, items []Item) {
 		for i, it := range batch {
 			b, err := cmds[i].Bytes()
 			switch {
+			case err == nil && IsPlaceholder(b):
+				it.Err = ErrMiss
 			case err == nil:
 				it.Val, it.Err = b, nil
 			case errors.Is(err, redis.Nil):
