@@ -127,4 +127,3 @@ func TestNearMissTwoRoundTrips(t *testing.T) {
 		t.Errorf("shared hit: %d round trips %v, want 1", len(got), got)
 	}
 }
-
