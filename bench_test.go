@@ -5,6 +5,7 @@ package tiered
 //
 //	BenchmarkGetLocalHit   vs BenchmarkRistrettoGet      (raw ristretto v2, same config and value type)
 //	BenchmarkGetRemoteHit  vs BenchmarkRedisGet          (raw go-redis GET of the same bytes, same node)
+//	BenchmarkGetRemoteHitParallel vs BenchmarkRedisGetParallel (64 goroutines, distinct keys, one node)
 //	BenchmarkGetMany100    vs BenchmarkGetSequential100  (100 shared-tier hits over 3 nodes)
 //
 // BenchmarkRedisMGet100 and BenchmarkRedisGetSequential100 do the same 100 reads with
@@ -15,6 +16,7 @@ package tiered
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -100,11 +102,22 @@ func BenchmarkRistrettoGet(b *testing.B) {
 	}
 }
 
+// benchClient is a node client as Options.Addrs creates one: its own timeouts bound
+// every call (at most Timeout each), so calls need no per-call context deadline.
+func benchClient(b *testing.B, addr string) *redis.Client {
+	cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true, MaxRetries: -1,
+		ReadTimeout: time.Second, WriteTimeout: time.Second, DialTimeout: time.Second, PoolTimeout: time.Second})
+	b.Cleanup(func() { cl.Close() })
+	return cl
+}
+
 func BenchmarkGetRemoteHit(b *testing.B) {
 	srv := redistest.Start(b, 1)[0]
-	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	cl := benchClient(b, srv.Addr())
 	defer cl.Close()
-	c, err := New(Options[[]byte]{Client: cl, Namespace: "bench", Timeout: time.Second})
+	// With a Loader, as a service has one: a shared hit is then the read that would
+	// take the lease on a miss (SET NX GET). The Loader is never called.
+	c, err := New(Options[[]byte]{Client: cl, Namespace: "bench", Timeout: time.Second, Loader: neverLoad(b)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -133,7 +146,7 @@ func BenchmarkGetRemoteHit(b *testing.B) {
 // same stored bytes (envelope included) from the same kind of node.
 func BenchmarkRedisGet(b *testing.B) {
 	srv := redistest.Start(b, 1)[0]
-	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	cl := benchClient(b, srv.Addr())
 	defer cl.Close()
 	c, err := New(Options[[]byte]{Client: cl, Namespace: "bench", Timeout: time.Second})
 	if err != nil {
@@ -258,3 +271,85 @@ func BenchmarkRedisGetSequential100(b *testing.B) {
 		}
 	}
 }
+
+// neverLoad is a Loader for benchmarks whose every Get must hit a tier.
+func neverLoad(b *testing.B) Loader[[]byte] {
+	return LoaderFunc[[]byte](func(_ context.Context, key string) ([]byte, error) {
+		b.Errorf("Loader called for %s: a benchmark's Get missed both tiers", key)
+		return nil, ErrNotFound
+	})
+}
+
+// parallelGoroutines is the number of goroutines of the parallel pair: 64 callers
+// reading distinct keys, as a busy service's handlers do.
+const parallelGoroutines = 64
+
+// parallelFixture is one node holding benchKeys keys written by a Cache with a Loader.
+func parallelFixture(b *testing.B) (*redistest.Server, *redis.Client, *Cache[[]byte], []string) {
+	srv := redistest.Start(b, 1)[0]
+	cl := benchClient(b, srv.Addr())
+	c := newCache(b, Options[[]byte]{Client: cl, Namespace: "bench", Timeout: time.Second, Loader: neverLoad(b)})
+	keys := benchKeyNames()
+	for _, k := range keys {
+		if err := c.Set(context.Background(), k, []byte(benchValue)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return srv, cl, c, keys
+}
+
+// BenchmarkGetRemoteHitParallel: 64 goroutines Get distinct keys, every Get a shared
+// hit (the near-cache entry is invalidated first). Concurrent commands to the node
+// can share its connection's round trips.
+func BenchmarkGetRemoteHitParallel(b *testing.B) {
+	_, _, c, keys := parallelFixture(b)
+	ctx := context.Background()
+	var next sync.Mutex
+	g := 0
+	b.SetParallelism(max(1, parallelGoroutines/runtimeProcs()))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		next.Lock()
+		i := g * (benchKeys / parallelGoroutines)
+		g++
+		next.Unlock()
+		for pb.Next() {
+			k := keys[i%benchKeys]
+			i++
+			c.local.Invalidate(c.local.Hash(k))
+			if _, err := c.Get(ctx, k); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkRedisGetParallel is BenchmarkGetRemoteHitParallel's baseline: raw go-redis
+// GETs of the same keys from 64 goroutines, on go-redis's default pool.
+func BenchmarkRedisGetParallel(b *testing.B) {
+	_, cl, _, keys := parallelFixture(b)
+	ctx := context.Background()
+	var next sync.Mutex
+	g := 0
+	b.SetParallelism(max(1, parallelGoroutines/runtimeProcs()))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		next.Lock()
+		i := g * (benchKeys / parallelGoroutines)
+		g++
+		next.Unlock()
+		for pb.Next() {
+			k := "bench:{" + keys[i%benchKeys] + "}"
+			i++
+			if _, err := cl.Get(ctx, k).Bytes(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

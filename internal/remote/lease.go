@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -101,17 +102,30 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 	var res string
 	var won bool // the reply was nil: the key was missing and now holds our placeholder
 	err := r.call(ctx, idx, key, "read", true, func(ctx context.Context, n *node) (err error) {
-		res, err = n.c.SetArgs(ctx, r.Key(key), placeholder(token), redis.SetArgs{Mode: "NX", Get: true, TTL: ttl}).Result()
-		if errors.Is(err, redis.Nil) {
+		cmd := redis.NewStatusCmd(ctx, "set", r.Key(key), placeholder(token), "nx", "get", "px", max(ttl.Milliseconds(), 1))
+		switch err = n.p.do(ctx, cmd); {
+		case err == nil:
+			res = cmd.Val()
+		case errors.Is(err, redis.Nil):
 			won, err = true, nil
 		}
-		return err
+		return err // after a ctx error cmd is not ours to read
 	})
 	if err != nil {
 		return nil, LeaseUnknown, err
 	}
 	b, state := leaseOutcome(res, won)
 	return b, state, nil
+}
+
+// unsafeBytes returns the bytes of s without copying: for a string read from the
+// network that nothing else holds, handed to the decoder, which owns it (see the root
+// package's Codec). Nothing writes to it.
+func unsafeBytes(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // leaseOutcome reads the reply of SET NX GET: nil (won), or the bytes that were there.
@@ -122,7 +136,7 @@ func leaseOutcome(res string, isNil bool) ([]byte, LeaseState) {
 	case strings.HasPrefix(res, placeholderPrefix):
 		return nil, LeaseHeld
 	}
-	return []byte(res), LeaseFound
+	return unsafeBytes(res), LeaseFound
 }
 
 // LeaseMany is Lease for a batch: for each item it returns the value (State
@@ -239,7 +253,7 @@ var ErrLeaseLost = errors.New("remote: lease lost")
 func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []byte, ttl time.Duration) error {
 	var wrote int
 	err := r.call(ctx, idx, key, "fill", false, func(ctx context.Context, n *node) (err error) {
-		wrote, err = casScript.Run(ctx, n.c, []string{r.Key(key)}, placeholder(token), b, max(ttl.Milliseconds(), 1)).Int()
+		wrote, err = n.p.evalsha(ctx, casScript, []string{r.Key(key)}, placeholder(token), b, max(ttl.Milliseconds(), 1)).Int()
 		return err
 	})
 	if err == nil && wrote == 0 {

@@ -74,7 +74,8 @@ type Redis struct {
 type node struct {
 	name    string
 	c       redis.UniversalClient
-	cluster bool // MGET across slots is not allowed: pipeline GETs instead
+	cluster bool       // MGET across slots is not allowed: pipeline GETs instead
+	p       *pipeliner // single-key reads and fills, pipelined with other callers' (pipeline.go)
 	cb      *gobreaker.CircuitBreaker[struct{}]
 	masters sync.Map // Cluster master address -> its *gobreaker.CircuitBreaker
 
@@ -210,7 +211,7 @@ func (r *Redis) AddNode(n Node) (int, error) {
 	old := *r.nodes.Load()
 	idx := len(old)
 	_, cluster := n.Client.(*redis.ClusterClient)
-	nodes := append(old[:len(old):len(old)], &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name)})
+	nodes := append(old[:len(old):len(old)], &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: newPipeliner(n.Client, r.timeout)})
 	r.nodes.Store(&nodes)
 	return idx, nil
 }
@@ -284,7 +285,9 @@ func (n *node) blocks(key string) bool {
 }
 
 // call runs op, one call about key on node idx, bounded by the per-call timeout and
-// guarded by the key's breaker. A read is refused (ErrNodeUnavailable) while key has
+// guarded by the key's breaker. A client whose own timeouts are each at most the
+// per-call timeout (see pipeliner.bounded) bounds the call itself, so it gets no
+// per-call context deadline (a timer and a context less per call). A read is refused (ErrNodeUnavailable) while key has
 // a missed write to replay there. Errors name the operation, the key and the node.
 func (r *Redis) call(ctx context.Context, idx int, key, what string, read bool, op func(context.Context, *node) error) error {
 	n, err := r.node(idx)
@@ -294,8 +297,11 @@ func (r *Redis) call(ctx context.Context, idx int, key, what string, read bool, 
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
+	if !n.p.bounded {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+	}
 	if err := r.doKey(ctx, n, key, func() error { return op(ctx, n) }); err != nil {
 		return fmt.Errorf("remote %s %q on %s: %w", what, key, n.name, err)
 	}
@@ -305,9 +311,13 @@ func (r *Redis) call(ctx context.Context, idx int, key, what string, read bool, 
 // Get returns the bytes stored for key on node idx, or ErrMiss.
 func (r *Redis) Get(ctx context.Context, idx int, key string) ([]byte, error) {
 	var b []byte
-	err := r.call(ctx, idx, key, "get", true, func(ctx context.Context, n *node) (err error) {
-		b, err = n.c.Get(ctx, r.Key(key)).Bytes()
-		return err
+	err := r.call(ctx, idx, key, "get", true, func(ctx context.Context, n *node) error {
+		cmd := redis.NewStringCmd(ctx, "get", r.Key(key))
+		if err := n.p.do(ctx, cmd); err != nil {
+			return err
+		}
+		b = unsafeBytes(cmd.Val())
+		return nil
 	})
 	if errors.Is(err, redis.Nil) || err == nil && IsPlaceholder(b) {
 		return nil, ErrMiss // a placeholder: another caller holds the key's lease

@@ -1,0 +1,169 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Pipelined node access ("natural batching", as rueidis does, with no timer).
+//
+// A command to a node is sent at once, inline in its caller, while fewer than
+// maxInflight pipelines are on the wire to the node: a lone call pays no hand-off. A
+// command that finds them all busy is queued; when a pipeline returns, whatever has
+// queued meanwhile goes out as the next pipeline, one write syscall and one read for
+// all of it, in a goroutine of its own. The busier the node, the larger the batches,
+// and the fewer syscalls per command.
+//
+// Timeouts. A pipeline runs under its own deadline, Timeout after it starts (with
+// ContextTimeoutEnabled, the socket deadline), not under a caller's: one caller's
+// cancellation must not fail its batch-mates. A queued caller waits for its result or
+// its own ctx, whichever comes first. Pipelines in flight end within Timeout, so a
+// queued command is sent within Timeout of being queued, and one queued longer than
+// Timeout (the node hung while it waited) is failed without being sent: a command
+// never waits on a node more than twice Timeout, and a caller never longer than its
+// ctx allows.
+
+const (
+	// maxInflight bounds the pipelines in flight to one node. Each takes one
+	// connection from the client's pool.
+	maxInflight = 4
+	// maxBatch bounds the commands of one pipeline.
+	maxBatch = 256
+)
+
+// errQueuedTooLong fails a command that waited for a pipeline longer than Timeout.
+var errQueuedTooLong = errors.New("remote: queued longer than the timeout behind a slow node")
+
+type pipeliner struct {
+	c       redis.UniversalClient
+	timeout time.Duration
+	// bounded reports that the client's own timeouts (read, write, dial, pool) are
+	// each at most timeout, so a lone call needs no per-call context deadline.
+	bounded bool
+
+	mu       sync.Mutex // protects inflight and queue
+	inflight int
+	queue    []*queued
+}
+
+type queued struct {
+	cmd  redis.Cmder
+	at   time.Time     // when it was queued
+	done chan struct{} // closed when cmd has its result
+}
+
+func newPipeliner(c redis.UniversalClient, timeout time.Duration) *pipeliner {
+	p := &pipeliner{c: c, timeout: timeout}
+	if cl, ok := c.(*redis.Client); ok {
+		o := cl.Options()
+		p.bounded = o.ReadTimeout > 0 && o.ReadTimeout <= timeout && o.WriteTimeout > 0 && o.WriteTimeout <= timeout &&
+			o.DialTimeout > 0 && o.DialTimeout <= timeout && o.PoolTimeout > 0 && o.PoolTimeout <= timeout
+	}
+	return p
+}
+
+// do runs cmd on the node, alone or in a pipeline with other callers' commands, and
+// returns its error; after a ctx error the caller must not read cmd (it may still be
+// sent, and written to, by a pipeline).
+func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
+	p.mu.Lock()
+	if p.inflight < maxInflight {
+		p.inflight++
+		p.mu.Unlock()
+		p.one(ctx, cmd)
+		p.next()
+		return cmd.Err()
+	}
+	q := &queued{cmd: cmd, at: time.Now(), done: make(chan struct{})}
+	p.queue = append(p.queue, q)
+	p.mu.Unlock()
+	select {
+	case <-q.done:
+		return cmd.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// one runs a lone command inline, under the caller's ctx (which Redis.call bounds
+// by the timeout unless the client's own timeouts do).
+func (p *pipeliner) one(ctx context.Context, cmd redis.Cmder) {
+	_ = p.c.Process(ctx, cmd)
+}
+
+// next is called when a pipeline (or a lone command) returns: the commands queued
+// meanwhile go out as the next pipeline, or the slot is freed.
+func (p *pipeliner) next() {
+	p.mu.Lock()
+	if len(p.queue) == 0 {
+		p.inflight--
+		p.mu.Unlock()
+		return
+	}
+	n := min(len(p.queue), maxBatch)
+	batch := p.queue[:n:n]
+	if n == len(p.queue) {
+		p.queue = nil
+	} else {
+		p.queue = append([]*queued(nil), p.queue[n:]...)
+	}
+	p.mu.Unlock()
+	go p.run(batch)
+}
+
+// run sends batch as one pipeline under its own deadline, then hands on its slot.
+func (p *pipeliner) run(batch []*queued) {
+	defer p.next()
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
+	defer cancel()
+	send := batch[:0:0]
+	for _, q := range batch {
+		if time.Since(q.at) > p.timeout {
+			q.cmd.SetErr(errQueuedTooLong)
+			continue
+		}
+		send = append(send, q)
+	}
+	switch len(send) {
+	case 0:
+	case 1:
+		_ = p.c.Process(ctx, send[0].cmd)
+	default:
+		pipe := p.c.Pipeline()
+		for _, q := range send {
+			_ = pipe.Process(ctx, q.cmd)
+		}
+		_, _ = pipe.Exec(ctx) // each command carries its own reply or error
+	}
+	for _, q := range batch {
+		close(q.done)
+	}
+}
+
+// evalsha runs script through the pipeliner, loading it into the node first if the
+// node does not know it (restarted, or new): EVALSHA cannot fall back to EVAL inside a
+// pipeline.
+func (p *pipeliner) evalsha(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	cmdArgs = append(cmdArgs, "evalsha", script.Hash(), len(keys))
+	for _, k := range keys {
+		cmdArgs = append(cmdArgs, k)
+	}
+	cmdArgs = append(cmdArgs, args...)
+	cmd := redis.NewCmd(ctx, cmdArgs...)
+	err := p.do(ctx, cmd)
+	if err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT") {
+		return cmd
+	}
+	if err := script.Load(ctx, p.c).Err(); err != nil {
+		cmd.SetErr(err)
+		return cmd
+	}
+	cmd = redis.NewCmd(ctx, cmdArgs...)
+	_ = p.do(ctx, cmd)
+	return cmd
+}
