@@ -94,6 +94,12 @@ type Cache[V any] struct {
 	growMu sync.Mutex    // serialises growing nodes
 	noNode atomic.Uint32 // the counter of keys no node owns (a negative index)
 
+	// Staged stores (see stage.go): fills wait here, visible to Lookup, until the
+	// clock goroutine hands them to ristretto in one batch per Tick.
+	stages  [stageShards]stageShard[V]
+	staged  atomic.Int64 // entries in stages
+	flushMu sync.Mutex   // serialises flushes
+
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Close
 	done     chan struct{} // closed when the clock goroutine returns
@@ -167,6 +173,7 @@ func (c *Cache[V]) tick() {
 			return
 		case <-t.C:
 			c.now.Store(int64(time.Since(c.start)))
+			c.flush()
 		}
 	}
 }
@@ -189,16 +196,23 @@ func (c *Cache[V]) Hash(key string) uint64 { return maphash.String(c.seed, key) 
 func (c *Cache[V]) Lookup(h uint64, key string) (v V, absent, ok, refresh bool) {
 	e, found := c.rc.Get(h)
 	now := c.now.Load()
-	if !found || e.key != key ||
-		e.gen != c.stripes[h%stripes].Load() ||
-		e.nodeGen != e.node.Load() ||
-		e.expire <= now {
-		return v, false, false, false
+	if !found || !c.valid(e, h, key, now) {
+		if c.staged.Load() == 0 {
+			return v, false, false, false
+		}
+		if e = c.stagedEntry(h); e == nil || !c.valid(e, h, key, now) {
+			return v, false, false, false
+		}
 	}
 	if e.refreshAt <= now {
 		refresh = e.refreshing.CompareAndSwap(false, true)
 	}
 	return e.val, e.absent, true, refresh
+}
+
+// valid reports whether e, found under h, holds key and may be served at now.
+func (c *Cache[V]) valid(e *entry[V], h uint64, key string, now int64) bool {
+	return e.key == key && e.gen == c.stripes[h%stripes].Load() && e.nodeGen == e.node.Load() && e.expire > now
 }
 
 // Fence records the generations a fill of key starts from. Take it before reading the
@@ -247,7 +261,8 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 		expire: now + int64(ttl), refreshAt: refreshAt,
 		gen: gen, node: f.node, nodeGen: f.nodeGen,
 	}
-	return c.rc.Set(f.h, e, cost+int64(len(key))+EntryOverhead)
+	c.stage(f.h, e, cost+int64(len(key))+EntryOverhead)
+	return true
 }
 
 // Replace is the writer's update after its own write reached the shared tier: it
@@ -280,7 +295,7 @@ func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl, refreshIn 
 		c.rc.Wait()
 	}
 	ok := c.set(f, g, key, v, false, cost, ttl, refreshIn)
-	c.rc.Wait()
+	c.Wait()
 	return ok
 }
 
@@ -325,7 +340,10 @@ func (c *Cache[V]) flip(node int, parity uint32) {
 
 // Wait blocks until ristretto has applied the stores buffered so far. It costs a
 // few microseconds: use it where a miss would cost more (after a Loader call).
-func (c *Cache[V]) Wait() { c.rc.Wait() }
+func (c *Cache[V]) Wait() {
+	c.flush()
+	c.rc.Wait()
+}
 
 // Generation identifies the state f was taken in: it changes whenever the key's
 // stripe or its node is invalidated.
