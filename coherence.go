@@ -19,6 +19,7 @@ func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
 	c := h.c
 	for _, k := range m.Keys {
 		c.local.Invalidate(c.local.Hash(k))
+		c.wakeFill(k) // a write ends any wait for the key's fill
 	}
 	if hook := c.afterInvalidate.Load(); hook != nil {
 		(*hook)(m)
@@ -60,4 +61,51 @@ func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
 		h.c.stats.flushesGap.Add(1)
 	}
 	h.c.local.FlushNode(node)
+}
+
+// Filled wakes this process's waiters for key's fill (see awaitLease).
+func (h busHandler[V]) Filled(_ int, key string) { h.c.wakeFill(key) }
+
+// fillWait is the channel the waiters for one key's fill share.
+type fillWait struct {
+	ch      chan struct{}
+	waiters int // under Cache.fillMu
+}
+
+// fillWaiter registers a wait for key's fill notice: wake is closed by the notice;
+// done must be called when the wait ends.
+func (c *Cache[V]) fillWaiter(key string) (wake <-chan struct{}, done func()) {
+	c.fillMu.Lock()
+	defer c.fillMu.Unlock()
+	if c.fills == nil {
+		c.fills = make(map[string]*fillWait)
+	}
+	w := c.fills[key]
+	if w == nil {
+		w = &fillWait{ch: make(chan struct{})}
+		c.fills[key] = w
+	}
+	w.waiters++
+	c.fillWaits.Add(1)
+	return w.ch, func() {
+		c.fillMu.Lock()
+		defer c.fillMu.Unlock()
+		c.fillWaits.Add(-1)
+		if w.waiters--; w.waiters == 0 && c.fills[key] == w {
+			delete(c.fills, key)
+		}
+	}
+}
+
+// wakeFill wakes the waiters for key's fill, if any.
+func (c *Cache[V]) wakeFill(key string) {
+	if c.fillWaits.Load() == 0 {
+		return
+	}
+	c.fillMu.Lock()
+	defer c.fillMu.Unlock()
+	if w := c.fills[key]; w != nil {
+		close(w.ch)
+		delete(c.fills, key) // later waiters get a new channel
+	}
 }

@@ -34,7 +34,7 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	if err := checkCodec(o.Codec); err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36)}
+	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin}
 	c.shared, err = c.newShared()
 	if err != nil {
 		c.closeOwned()
@@ -88,7 +88,7 @@ func (c *Cache[V]) subscribeUntil(r *remote.Redis, deadline time.Time) {
 func (c *Cache[V]) startSubscriber(r *remote.Redis, idx int) *invalidation.Subscriber {
 	c.local.MarkDown(idx)
 	s := invalidation.Start(invalidation.Config{
-		Node: idx, Name: r.Name(idx), Client: r.Client(idx), Channel: r.Channel(), Origin: c.origin, Handler: busHandler[V]{c},
+		Node: idx, Name: r.Name(idx), Client: r.Client(idx), Channel: r.Channel(), FillChannel: r.FillChannel(), Origin: c.origin, Handler: busHandler[V]{c},
 		Health: c.opts.HealthCheck, Timeout: c.opts.Timeout, Logger: c.opts.Logger,
 	})
 	c.subsMu.Lock()

@@ -256,9 +256,11 @@ func (c *Cache[V]) releaseLease(ctx context.Context, fl *flight[V], p plan) {
 	}
 }
 
-// Lease polling backs off from leasePollMin to leasePollMax between attempts.
+// A waiter for another process's fill is woken by the fill's notice (or a write of
+// the key); in case a notice is lost it also reads the key again after leasePollMin,
+// backing off to leasePollMax.
 const (
-	leasePollMin = 2 * time.Millisecond
+	leasePollMin = 10 * time.Millisecond
 	leasePollMax = 50 * time.Millisecond
 )
 
@@ -273,10 +275,14 @@ type leased[V any] struct {
 
 // awaitLease takes fl's key's lease on its node, or waits for the holder's fill.
 //
-// A waiter polls (one round trip that returns the value if it is there, and takes the
-// lease if it is free: a holder that died or was voided is replaced at once) until
-// Options.LeaseTTL plus one poll has passed; then it loads without writing Redis.
-// Liveness beats efficiency: no caller waits on another process longer than that.
+// A waiter marks the holder's placeholder as waited for (remote.AwaitFill), so that
+// the holder's fill, or its giving up, publishes the key on the fill channel, and
+// waits for that notice, or for a write of the key (its invalidation), or for the
+// fallback poll; then it reads again (one round trip that returns the value if it is
+// there, and takes the lease if it is free: a holder that died or was voided is
+// replaced at once). After Options.LeaseTTL plus one poll it loads without writing
+// Redis. Liveness beats efficiency: no caller waits on another process longer than
+// that.
 func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V]) leased[V] {
 	return c.pollLease(ctx, fl, remote.NewToken(), false)
 }
@@ -285,7 +291,7 @@ func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V]) leased[V] {
 // says it was found held, as GetMany's pipelined attempt reports).
 func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, held bool) leased[V] {
 	deadline := time.Now().Add(c.opts.LeaseTTL + leasePollMax)
-	backoff := leasePollMin
+	backoff := c.leasePoll
 	if held {
 		c.stats.leaseWaits.Add(1)
 	}
@@ -296,14 +302,35 @@ func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, h
 				c.stats.leaseTimeouts.Add(1)
 				return leased[V]{}
 			}
-			t := time.NewTimer(min(backoff, left))
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			wake, done := c.fillWaiter(fl.key)
+			b, marked, err := c.shared.AwaitFill(ctx, fl.node, fl.key)
+			switch {
+			case err != nil:
+				done()
+				c.stats.remoteErrors.Add(1)
+				c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.key, "err", err)
 				return leased[V]{}
-			case <-t.C:
+			case b != nil:
+				done()
+				if o, ok := c.found(fl, b); ok {
+					return leased[V]{outcome: o, found: true}
+				}
+				return leased[V]{}
+			case marked:
+				t := time.NewTimer(min(backoff, left))
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					done()
+					return leased[V]{}
+				case <-wake:
+					c.stats.fillNotices.Add(1)
+				case <-t.C:
+				}
+				t.Stop()
+				backoff = min(2*backoff, leasePollMax)
 			}
-			backoff = min(2*backoff, leasePollMax)
+			done() // the lease is gone, or its end was noticed: read again
 		}
 		b, state, err := c.shared.Lease(ctx, fl.node, fl.key, token, c.opts.LeaseTTL)
 		if err != nil {

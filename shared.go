@@ -37,6 +37,7 @@ type sharedLeaser interface {
 	FillRefreshed(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
 	ReleaseLease(ctx context.Context, node int, key, token string) error
 	ReleaseRefreshLease(ctx context.Context, node int, key, token string) error
+	AwaitFill(ctx context.Context, node int, key string) ([]byte, bool, error)
 }
 
 // sharedWriter writes and publishes invalidations (write.go), or repairs undecodable
@@ -81,6 +82,9 @@ func (noShared) TryLease(context.Context, int, string, string, time.Duration, ti
 }
 func (noShared) ReleaseLease(context.Context, int, string, string) error        { return nil }
 func (noShared) ReleaseRefreshLease(context.Context, int, string, string) error { return nil }
+func (noShared) AwaitFill(context.Context, int, string) ([]byte, bool, error) {
+	return nil, false, nil
+}
 func (noShared) FillRefreshed(context.Context, int, string, string, []byte, time.Duration) error {
 	return nil
 }

@@ -23,6 +23,7 @@ type Stats struct {
 	LeaseWaits    uint64 // loads that waited for another process's lease
 	LeaseTimeouts uint64 // ... and gave up after LeaseTTL, loading without writing Redis
 	LeasesLost    uint64 // loads whose lease a write or delete voided: their value was not stored
+	FillNotices   uint64 // lease waits woken by the holder's fill notice or a write, rather than by the fallback poll
 
 	// Refresh-ahead (see Options.RefreshAhead).
 	Refreshes        uint64 // background refreshes that won the key's lease and called the Loader
@@ -67,7 +68,7 @@ type counters struct {
 	notFound, oversize, breakerOpens              atomic.Uint64
 	leaseWaits, leaseTimeouts, leasesLost         atomic.Uint64
 	refreshes, refreshesSkipped                   atomic.Uint64
-	logsSuppressed                                atomic.Uint64
+	logsSuppressed, fillNotices                   atomic.Uint64
 
 	invalidationsSent, invalidationsReceived, keysInvalidated atomic.Uint64
 	nodeDowns, flushesResubscribe, flushesGap, flushesEpoch   atomic.Uint64
@@ -103,6 +104,7 @@ func (s *counters) snapshot() Stats {
 		Refreshes:        s.refreshes.Load(),
 		RefreshesSkipped: s.refreshesSkipped.Load(),
 		LogsSuppressed:   s.logsSuppressed.Load(),
+		FillNotices:      s.fillNotices.Load(),
 
 		InvalidationsSent:     s.invalidationsSent.Load(),
 		InvalidationsReceived: s.invalidationsReceived.Load(),

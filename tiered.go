@@ -22,13 +22,20 @@ type Cache[V any] struct {
 	flights flights[V] // keys being read or loaded (flight.go)
 	stats   counters
 	warned  sync.Map // node index -> *atomic.Int64: when its last warning was logged (frame.go)
-	origin  string   // this Cache's id in invalidation messages
+
+	fillMu    sync.Mutex           // protects fills
+	fills     map[string]*fillWait // keys whose fill a flight waits for (coherence.go)
+	fillWaits atomic.Int64         // waits registered in fills
+	origin    string               // this Cache's id in invalidation messages
 	// localOnly is set when there is no shared tier: a Set then exists only in the near-cache.
 	localOnly bool
 
 	// Test hooks, nil outside tests: called between a fill's read (of the shared
 	// tier, or of the Loader) and its store into the near-cache.
 	afterSharedRead, afterLoad func(key string)
+	// leasePoll is the first fallback poll of a lease waiter (leasePollMin; tests
+	// lengthen it to show that a notice, not the poll, woke the waiter).
+	leasePoll time.Duration
 	// afterInvalidate is called when a message from another process was applied
 	// (atomic: the subscriber goroutines read it while tests set it).
 	afterInvalidate atomic.Pointer[func(m *invalidation.Message)]

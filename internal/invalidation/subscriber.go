@@ -49,6 +49,9 @@ type Handler interface {
 	// Flush reports a lost message (CauseGap), a restarted node (CauseEpoch) or a
 	// node whose keys were cleared (CauseCleared).
 	Flush(node int, cause Cause)
+	// Filled reports that key, whose lease a process of this cache waited for, was
+	// filled or its lease given up (Config.FillChannel): read it again.
+	Filled(node int, key string)
 }
 
 // Config configures a Subscriber.
@@ -57,8 +60,12 @@ type Config struct {
 	Name    string                // the node's name, in log lines
 	Client  redis.UniversalClient // the node's client
 	Channel string
-	Origin  string // this cache's id: its own messages are not Invalidated
-	Handler Handler
+	// FillChannel, if set, is also followed: its messages are keys whose waited-for
+	// lease ended (see Handler.Filled). They carry no sequence number and change
+	// no value, so losing one costs a waiter only its fallback poll.
+	FillChannel string
+	Origin      string // this cache's id: its own messages are not Invalidated
+	Handler     Handler
 	// Health is how long the subscription may stay silent before it is pinged;
 	// a ping unanswered within Timeout means the link is lost.
 	Health  time.Duration
@@ -149,7 +156,11 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 		return false
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	err := ps.Subscribe(sctx, s.cfg.Channel)
+	channels := []string{s.cfg.Channel}
+	if s.cfg.FillChannel != "" {
+		channels = append(channels, s.cfg.FillChannel)
+	}
+	err := ps.Subscribe(sctx, channels...)
 	cancel()
 	if err != nil {
 		s.logf("invalidation: subscribe failed", err)
@@ -183,7 +194,7 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 		case *redis.Subscription:
 			// The first confirmation, or go-redis re-subscribing by itself after a
 			// reconnect: messages in between may be lost either way.
-			if m.Kind == "subscribe" {
+			if m.Kind == "subscribe" && m.Channel == s.cfg.Channel {
 				s.epoch, s.seq = "", 0
 				s.cfg.Handler.Up(s.cfg.Node)
 				wasUp = true
@@ -193,6 +204,10 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 			awaitingPong = false
 		case *redis.Message:
 			awaitingPong = false
+			if m.Channel == s.cfg.FillChannel {
+				s.cfg.Handler.Filled(s.cfg.Node, m.Payload)
+				continue
+			}
 			s.handle(m.Payload)
 		}
 	}

@@ -28,6 +28,7 @@ func (r *recorder) Invalidate(node int, m *invalidation.Message) {
 	r.add(fmt.Sprintf("invalidate %v", m.Keys))
 }
 func (r *recorder) Down(int)                          { r.add("down") }
+func (r *recorder) Filled(_ int, key string)          { r.add("filled " + key) }
 func (r *recorder) Up(int)                            { r.add("up") }
 func (r *recorder) Flush(_ int, c invalidation.Cause) { r.add("flush " + c.String()) }
 func (r *recorder) snapshot() []string {

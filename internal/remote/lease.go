@@ -56,14 +56,49 @@ func IsPlaceholder(b []byte) bool {
 	return len(b) >= len(placeholderPrefix) && string(b[:len(placeholderPrefix)]) == placeholderPrefix
 }
 
-// casScript: KEYS = key; ARGV = expected, value, ttl in ms. Sets key to value for ttl
-// only while it holds expected. Returns 1 if it wrote.
+// Waiting for another holder's fill. A process that finds a key's lease held marks the
+// placeholder (waitedMark appended, AwaitFill) and waits; the holder's fill, or its
+// release of the lease, then publishes the key on the fill channel, and a Set or
+// Delete of the key publishes its invalidation: either wakes the waiter, which reads
+// the key again. A lease nobody waits for ends without publishing anything.
+const waitedMark = "|w"
+
+// casScript: KEYS = key; ARGV = placeholder, value, ttl in ms, fill channel, user key.
+// Sets key to value for ttl only while it holds the placeholder (marked or not), and
+// publishes the user key on the fill channel if someone marked it. Returns 1 if it
+// wrote.
 var casScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or v == ARGV[1] .. '` + waitedMark + `' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  if v ~= ARGV[1] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
   return 1
 end
 return 0
+`)
+
+// releaseScript: KEYS = key; ARGV = placeholder, fill channel, user key. Deletes the
+// key while it holds the placeholder (marked or not), publishing if it was marked.
+var releaseScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] or v == ARGV[1] .. '` + waitedMark + `' then
+  redis.call('DEL', KEYS[1])
+  if v ~= ARGV[1] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+  return 1
+end
+return 0
+`)
+
+// awaitScript: KEYS = key; ARGV = placeholder prefix. Returns the value if the key
+// holds one, 1 if it is gone (read it again), or 0 once the placeholder is marked.
+var awaitScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then return 1 end
+if string.sub(v, 1, #ARGV[1]) == ARGV[1] then
+  if string.sub(v, -` + "2" + `) ~= '` + waitedMark + `' then redis.call('SET', KEYS[1], v .. '` + waitedMark + `', 'KEEPTTL') end
+  return 0
+end
+return v
 `)
 
 // delIfScript: KEYS = key; ARGV = expected. Deletes key only while it holds expected.
@@ -72,12 +107,41 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 `)
 
+// FillChannel is the channel every node publishes waited-for fills on.
+func (r *Redis) FillChannel() string { return r.channel + ":filled" }
+
+// AwaitFill marks key's lease on node idx as waited for, so that its end is published
+// on FillChannel. It returns the value if the key holds one (found), or whether the
+// placeholder is marked (wait for a notice); neither means the lease is gone: read the
+// key again.
+func (r *Redis) AwaitFill(ctx context.Context, idx int, key string) (b []byte, marked bool, err error) {
+	var res any
+	err = r.call(ctx, idx, key, "await fill", true, func(ctx context.Context, n *node) error {
+		cmd := n.p.evalsha(ctx, awaitScript, []string{r.Key(key)}, placeholderPrefix)
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+		res = cmd.Val()
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	switch v := res.(type) {
+	case string:
+		return unsafeBytes(v), false, nil
+	case int64:
+		return nil, v == 0, nil
+	}
+	return nil, false, fmt.Errorf("remote await fill %q: unexpected reply %T", key, res)
+}
+
 // ReleaseLease gives up key's lease if token still holds it: for a load that fills
 // nothing (the Loader failed, or its value is not cached), so that the next miss,
 // here or in another process, loads at once rather than waiting out the lease.
 func (r *Redis) ReleaseLease(ctx context.Context, idx int, key, token string) error {
 	return r.call(ctx, idx, key, "release lease", false, func(ctx context.Context, n *node) error {
-		return delIfScript.Run(ctx, n.c, []string{r.Key(key)}, placeholder(token)).Err()
+		return releaseScript.Run(ctx, n.c, []string{r.Key(key)}, placeholder(token), r.FillChannel(), key).Err()
 	})
 }
 
@@ -182,7 +246,7 @@ func (r *Redis) FillLeasedMany(ctx context.Context, items []Item, ttl func(i int
 	}
 	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
 		cmds, err := r.evalPipelined(ctx, n, casScript, batch, func(it *Item) ([]string, []any) {
-			return []string{r.Key(it.Key)}, []any{placeholder(it.Token), it.Val, max(ttl(pos[it]).Milliseconds(), 1)}
+			return []string{r.Key(it.Key)}, []any{placeholder(it.Token), it.Val, max(ttl(pos[it]).Milliseconds(), 1), r.FillChannel(), it.Key}
 		})
 		if err != nil {
 			return err
@@ -253,7 +317,7 @@ var ErrLeaseLost = errors.New("remote: lease lost")
 func (r *Redis) FillLeased(ctx context.Context, idx int, key, token string, b []byte, ttl time.Duration) error {
 	var wrote int
 	err := r.call(ctx, idx, key, "fill", false, func(ctx context.Context, n *node) (err error) {
-		wrote, err = n.p.evalsha(ctx, casScript, []string{r.Key(key)}, placeholder(token), b, max(ttl.Milliseconds(), 1)).Int()
+		wrote, err = n.p.evalsha(ctx, casScript, []string{r.Key(key)}, placeholder(token), b, max(ttl.Milliseconds(), 1), r.FillChannel(), key).Int()
 		return err
 	})
 	if err == nil && wrote == 0 {
