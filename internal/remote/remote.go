@@ -341,7 +341,9 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 		if n.cluster {
 			return clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
 		}
-		return setScript.Run(ctx, n.c, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
+		// Pipelined with the node's other concurrent commands (pipeline.go): under
+		// concurrent writes, one syscall carries many scripts.
+		return n.p.evalsha(ctx, setScript, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
 	})
 	if err != nil {
 		if n, nerr := r.node(idx); nerr == nil {
