@@ -113,6 +113,20 @@
 // that dies is replaced when its lease expires), and a Set or Delete voids the lease,
 // so that a Loader result read before the write is never filled into Redis after it.
 //
+// The lease lives in the value key, as in rueidisaside: the read of a near miss is
+// SET key <placeholder> NX GET PX <LeaseTTL>, which returns the value, or takes the
+// lease, or finds another holder's placeholder, in one native command (Redis 7.0 or
+// later), and the fill is a compare-and-set of the placeholder: a near miss costs two
+// round trips (TestNearMissTwoRoundTrips). A waiter marks the holder's placeholder;
+// the holder's fill, or its giving up, then publishes the key on the fill channel
+// that every process follows, and the waiter reads the value at once rather than on a
+// poll (TestLeaseWaiterWokenByFill; the poll remains as a fallback).
+//
+// Commands to one standalone node are pipelined: a lone call is sent at once, and the
+// calls that arrive while one is on the wire go out together when it returns, one
+// write and one read for all of them (as rueidis does). A call is still bounded by
+// Options.Timeout, or twice that if it waited behind a call to a node that hung.
+//
 // With Options.RefreshAhead, a near-cache hit on a value close to its expiry in Redis
 // queues a background refresh (bounded workers the Cache owns). The refresh takes the
 // key's lease too, only while the value is still close to expiry, so one process in

@@ -49,6 +49,9 @@ type Options[V any] struct {
 	// caller's to close, after Close. They must have ContextTimeoutEnabled set:
 	// without it go-redis ignores context deadlines on its sockets and Timeout could
 	// not bound a call to a hung node, so New returns an error.
+	// A client whose ReadTimeout, WriteTimeout, DialTimeout and PoolTimeout are each
+	// at most Timeout (as the clients made from Addrs are) bounds every call by itself,
+	// and calls through it skip a per-call context deadline (a timer less per call).
 	Nodes  []Node
 	Client redis.UniversalClient
 	Addrs  []string
