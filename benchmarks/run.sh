@@ -106,7 +106,7 @@ that a loaded machine cannot fail the setup.
 
 | system | near-cache | shared tier | keeps other replicas' near-caches coherent | loader dedup |
 |---|---|---|---|---|
-| `tiered` | ristretto v2 | its ring over the 3 nodes | pub/sub invalidation, fill fencing | singleflight + lease across the fleet |
+| `tiered` | ristretto v2 | its ring over the 3 nodes | pub/sub invalidation, fill fencing | one flight per key + a lease across the fleet |
 | `ristretto` | raw ristretto v2 | go-redis `Ring` over the 3 nodes | no (copies live until the local TTL) | none |
 | `otter` | otter v2 (the in-process reference) | go-redis `Ring` over the 3 nodes | no | otter's `Get` with a loader, per process |
 | `go-redis` | none | go-redis `Ring` over the 3 nodes | nothing to keep | none |
