@@ -295,9 +295,6 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 		}
 		c.store(r.fl, r.f, ferr)
 	}
-	// Wait for ristretto to apply the stores, so that the next Get hits rather than
-	// starting a flight again: microseconds, against the Loader's milliseconds.
-	c.local.Wait()
 	for _, r := range rs {
 		c.finish(r.fl, r.f.outcome)
 	}

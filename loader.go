@@ -177,7 +177,8 @@ func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err 
 		ferr = c.shared.Repair(ctx, fl.node, fl.key, f.frame, f.ttl)
 	}
 	c.store(fl, f, ferr)
-	c.local.Wait() // see finishFills
+	// No wait for ristretto: a stored entry is served from the near-cache's stage at
+	// once (internal/local/stage.go), so the next Get hits without one.
 	c.finish(fl, f.outcome)
 }
 
