@@ -77,8 +77,9 @@ func newPipeliner(c redis.UniversalClient, timeout time.Duration) *pipeliner {
 }
 
 // do runs cmd on the node, alone or in a pipeline with other callers' commands, and
-// returns its error; after a ctx error the caller must not read cmd (it may still be
-// sent, and written to, by a pipeline).
+// returns its error; after an abandoned error (the caller's ctx ended while cmd was
+// queued) the caller must not read cmd: it may still be sent, and written to, by a
+// pipeline.
 func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
 	p.mu.Lock()
 	if p.inflight < p.limit {
@@ -95,9 +96,16 @@ func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
 	case <-q.done:
 		return cmd.Err()
 	case <-ctx.Done():
-		return ctx.Err()
+		return abandoned{ctx.Err()}
 	}
 }
+
+// abandoned is do's error when the caller's ctx ended while its command was queued:
+// the command still belongs to a pipeline, so the caller must not read it.
+type abandoned struct{ err error }
+
+func (a abandoned) Error() string { return a.err.Error() }
+func (a abandoned) Unwrap() error { return a.err }
 
 // one runs a lone command inline, under the caller's ctx (which Redis.call bounds
 // by the timeout unless the client's own timeouts do).
@@ -166,6 +174,10 @@ func (p *pipeliner) evalsha(ctx context.Context, script *redis.Script, keys []st
 	cmdArgs = append(cmdArgs, args...)
 	cmd := redis.NewCmd(ctx, cmdArgs...)
 	err := p.do(ctx, cmd)
+	var ab abandoned
+	if errors.As(err, &ab) {
+		return failedCmd(ctx, ab.err) // cmd is still the pipeline's: hand back another
+	}
 	if err == nil || !redis.HasErrorPrefix(err, "NOSCRIPT") {
 		return cmd
 	}
@@ -174,6 +186,15 @@ func (p *pipeliner) evalsha(ctx context.Context, script *redis.Script, keys []st
 		return cmd
 	}
 	cmd = redis.NewCmd(ctx, cmdArgs...)
-	_ = p.do(ctx, cmd)
+	if err := p.do(ctx, cmd); errors.As(err, &ab) {
+		return failedCmd(ctx, ab.err)
+	}
+	return cmd
+}
+
+// failedCmd returns a command that failed with err without being sent.
+func failedCmd(ctx context.Context, err error) *redis.Cmd {
+	cmd := redis.NewCmd(ctx)
+	cmd.SetErr(err)
 	return cmd
 }
