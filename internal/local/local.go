@@ -184,6 +184,7 @@ func (c *Cache[V]) Close() {
 		close(c.stop)
 		<-c.done
 		c.rc.Close()
+		c.dropStage() // a closed near-cache serves nothing, as a closed ristretto does
 	})
 }
 

@@ -99,3 +99,14 @@ func (c *Cache[V]) flush() {
 		sh.mu.Unlock()
 	}
 }
+
+// dropStage empties the stage (Close).
+func (c *Cache[V]) dropStage() {
+	for i := range c.stages {
+		sh := &c.stages[i]
+		sh.mu.Lock()
+		sh.m = nil
+		sh.mu.Unlock()
+	}
+	c.staged.Store(0)
+}

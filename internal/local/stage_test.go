@@ -54,3 +54,14 @@ func TestStageBounded(t *testing.T) {
 		t.Errorf("%d entries staged, want at most %d", n, stageShards*stageFlushAt)
 	}
 }
+
+// A closed near-cache serves nothing, staged entries included.
+func TestClosedServesNothing(t *testing.T) {
+	c := newCache(t)
+	h := c.Hash("k")
+	c.Store(c.Fence(h, 0), "k", "v", false, 1, time.Minute, Never)
+	c.Close()
+	if _, _, ok, _ := c.Lookup(h, "k"); ok {
+		t.Error("Lookup after Close served a staged entry")
+	}
+}
