@@ -87,7 +87,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			return out, err
 		}
 		if o.err == errRetry {
-			v, err := c.get(ctx, c.local.Hash(fl.key), fl.key)
+			v, err := c.get(ctx, c.local.Hash(fl.id.key), fl.id.key)
 			o = outcome[V]{v: v, err: err}
 			if errors.Is(err, ErrNotFound) {
 				o = outcome[V]{absent: true}
@@ -97,7 +97,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		case o.err != nil:
 			errs = append(errs, o.err)
 		case !o.absent:
-			out[fl.key] = o.v
+			out[fl.id.key] = o.v
 		}
 	}
 	return out, errors.Join(errs...)
@@ -122,19 +122,19 @@ func (c *Cache[V]) readMany(ctx context.Context, fls []*flight[V]) []pending[V] 
 	}
 	items := make([]remote.Item, len(fls))
 	for i, fl := range fls {
-		items[i] = remote.Item{Key: fl.key, Node: fl.node}
+		items[i] = remote.Item{Key: fl.id.key, Node: fl.node}
 	}
 	c.shared.GetMany(ctx, items)
 	for i, fl := range fls {
-		sr, ttl := c.classify(fl.node, fl.key, items[i].Val, items[i].Err)
+		sr, ttl := c.classify(fl.node, fl.id.key, items[i].Val, items[i].Err)
 		if !sr.hit {
 			rest = append(rest, pending[V]{fl: fl, sr: sr})
 			continue
 		}
 		if c.afterSharedRead != nil {
-			c.afterSharedRead(fl.key)
+			c.afterSharedRead(fl.id.key)
 		}
-		c.storeLocal(fl.fence, fl.key, sr.v, sr.absent, int64(len(items[i].Val)), ttl)
+		c.storeLocal(fl.fence, fl.id.key, sr.v, sr.absent, int64(len(items[i].Val)), ttl)
 		c.finish(fl, sr.outcome)
 	}
 	return rest
@@ -162,7 +162,7 @@ func (c *Cache[V]) loadMany(callerCtx context.Context, pend []pending[V]) {
 		pd.p = plan{write: !pd.sr.failed && !c.localOnly, repair: pd.sr.corrupt}
 		if pd.p.write && !pd.p.repair {
 			pd.fl.setPhase(phaseLease)
-			leases = append(leases, remote.Item{Key: pd.fl.key, Node: pd.fl.node, Token: remote.NewToken()})
+			leases = append(leases, remote.Item{Key: pd.fl.id.key, Node: pd.fl.node, Token: remote.NewToken()})
 			leasing = append(leasing, i)
 		}
 	}
@@ -180,7 +180,7 @@ func (c *Cache[V]) loadMany(callerCtx context.Context, pend []pending[V]) {
 		switch {
 		case it.Err != nil:
 			c.stats.remoteErrors.Add(1)
-			c.warnNode(pd.fl.node, "tiered: shared tier lease failed; loading from source", "key", pd.fl.key, "err", it.Err)
+			c.warnNode(pd.fl.node, "tiered: shared tier lease failed; loading from source", "key", pd.fl.id.key, "err", it.Err)
 			pd.p.write = false
 		case it.State == remote.LeaseWon:
 			pd.p.token = it.Token
@@ -201,7 +201,7 @@ func (c *Cache[V]) loadMany(callerCtx context.Context, pend []pending[V]) {
 					return
 				}
 				pd.fl.setPhase(phaseLoad)
-				v, err := c.loadKey(ctx, pd.fl.key)
+				v, err := c.loadKey(ctx, pd.fl.id.key)
 				c.fillOne(ctx, pd.fl, plan{token: ls.token, write: ls.write}, v, err)
 			})
 		}
@@ -223,7 +223,7 @@ func (c *Cache[V]) loadMany(callerCtx context.Context, pend []pending[V]) {
 			}
 			c.loadConcurrently(fls, func(fl *flight[V]) {
 				fl.setPhase(phaseLoad)
-				v, err := c.loadKey(ctx, fl.key)
+				v, err := c.loadKey(ctx, fl.id.key)
 				c.fillOne(ctx, fl, plans[fl], v, err)
 			})
 		} else {
@@ -240,7 +240,7 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 	keys := make([]string, len(pend))
 	for i, pd := range pend {
 		pd.fl.setPhase(phaseLoad)
-		keys[i] = pd.fl.key
+		keys[i] = pd.fl.id.key
 	}
 	c.stats.loads.Add(uint64(len(keys)))
 	m, berr := c.loadBatch(ctx, keys)
@@ -259,7 +259,7 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 		err := berr
 		if err == nil {
 			var ok bool
-			if v, ok = m[pd.fl.key]; !ok {
+			if v, ok = m[pd.fl.id.key]; !ok {
 				err = ErrNotFound
 			}
 		}
@@ -272,11 +272,11 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 			switch {
 			case pd.p.token != "":
 				r.in, r.at = &leased, len(leased)
-				leased = append(leased, remote.Item{Key: pd.fl.key, Node: pd.fl.node, Token: pd.p.token, Val: f.frame})
+				leased = append(leased, remote.Item{Key: pd.fl.id.key, Node: pd.fl.node, Token: pd.p.token, Val: f.frame})
 				leasedTTL = append(leasedTTL, f.ttl)
 			case pd.p.repair:
 				r.in, r.at = &repairs, len(repairs)
-				repairs = append(repairs, remote.Item{Key: pd.fl.key, Node: pd.fl.node, Val: f.frame, Overwrite: true})
+				repairs = append(repairs, remote.Item{Key: pd.fl.id.key, Node: pd.fl.node, Val: f.frame, Overwrite: true})
 				repairTTL = append(repairTTL, f.ttl)
 			}
 		}

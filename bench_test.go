@@ -304,25 +304,10 @@ func parallelFixture(b *testing.B) (*redistest.Server, *redis.Client, *Cache[[]b
 func BenchmarkGetRemoteHitParallel(b *testing.B) {
 	_, _, c, keys := parallelFixture(b)
 	ctx := context.Background()
-	var next sync.Mutex
-	g := 0
-	b.SetParallelism(max(1, parallelGoroutines/runtimeProcs()))
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		next.Lock()
-		i := g * (benchKeys / parallelGoroutines)
-		g++
-		next.Unlock()
-		for pb.Next() {
-			k := keys[i%benchKeys]
-			i++
-			c.local.Invalidate(c.local.Hash(k))
-			if _, err := c.Get(ctx, k); err != nil {
-				b.Error(err)
-				return
-			}
-		}
+	runParallelKeys(b, keys, func(k string) error {
+		c.local.Invalidate(c.local.Hash(k))
+		_, err := c.Get(ctx, k)
+		return err
 	})
 }
 
@@ -331,6 +316,14 @@ func BenchmarkGetRemoteHitParallel(b *testing.B) {
 func BenchmarkRedisGetParallel(b *testing.B) {
 	_, cl, _, keys := parallelFixture(b)
 	ctx := context.Background()
+	runParallelKeys(b, keys, func(k string) error {
+		return cl.Get(ctx, "bench:{"+k+"}").Err()
+	})
+}
+
+// runParallelKeys runs op from parallelGoroutines goroutines, each starting at its own
+// offset in keys, so that they read distinct keys.
+func runParallelKeys(b *testing.B, keys []string, op func(key string) error) {
 	var next sync.Mutex
 	g := 0
 	b.SetParallelism(max(1, parallelGoroutines/runtimeProcs()))
@@ -338,16 +331,15 @@ func BenchmarkRedisGetParallel(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		next.Lock()
-		i := g * (benchKeys / parallelGoroutines)
+		i := g * (len(keys) / parallelGoroutines)
 		g++
 		next.Unlock()
 		for pb.Next() {
-			k := "bench:{" + keys[i%benchKeys] + "}"
-			i++
-			if _, err := cl.Get(ctx, k).Bytes(); err != nil {
+			if err := op(keys[i%len(keys)]); err != nil {
 				b.Error(err)
 				return
 			}
+			i++
 		}
 	})
 }

@@ -63,7 +63,7 @@ func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
 	h.c.local.FlushNode(node)
 }
 
-// Filled wakes this process's waiters for key's fill (see awaitLease).
+// Filled wakes this process's waiters for key's fill (see pollLease).
 func (h busHandler[V]) Filled(_ int, key string) { h.c.wakeFill(key) }
 
 // fillWait is the channel the waiters for one key's fill share.

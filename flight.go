@@ -40,9 +40,10 @@ import (
 // is refused because A's fence is older than step 2 (invariant C2, fill fencing).
 //
 // A flight leaves the table before its waiters are woken and after its value is in
-// the near-cache (ristretto's buffer drained), so a caller arriving at any moment
-// either joins it, or hits the near-cache, or (if ristretto dropped the store) starts
-// a new flight that finds the value in the shared tier. The table is the only place a
+// the near-cache (served at once from its stage: internal/local/stage.go), so a
+// caller arriving at any moment either joins it, or hits the near-cache, or (if the
+// store was refused, or ristretto later dropped it) starts a new flight that finds the
+// value in the shared tier. The table is the only place a
 // flight is found: there is no second map of loads in progress, so a caller can never
 // arrive "between" a read and the load it ended in.
 
@@ -74,9 +75,8 @@ type outcome[V any] struct {
 var errRetry = errors.New("tiered: flight ended without a value; retry")
 
 type flight[V any] struct {
-	id    flightID
-	key   string
-	h     uint64 // the key's hash: its shard of the table
+	id    flightID // its key and generation
+	h     uint64   // the key's hash: its shard of the table
 	node  int
 	fence local.Fence
 	phase atomic.Int32
@@ -121,7 +121,7 @@ func (c *Cache[V]) begin(key string, h uint64, spare *flight[V]) (fl *flight[V],
 	if fl = spare; fl == nil {
 		fl = new(flight[V])
 	}
-	fl.id, fl.key, fl.h, fl.node, fl.fence = id, key, h, node, f
+	fl.id, fl.h, fl.node, fl.fence = id, h, node, f
 	sh.m[id] = fl
 	return fl, true
 }

@@ -204,6 +204,9 @@ func (c *Cache[V]) Close() error {
 	}
 	c.local.Close()
 	err := c.closeOwned()
+	if r, ok := c.shared.(*remote.Redis); ok {
+		r.Wait() // pipelines that callers gave up on: ended at once on the clients just closed
+	}
 	c.closeFn = func() error { return err }
 	return err
 }

@@ -130,16 +130,13 @@ func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) 
 		c.finish(fl, outcome[V]{absent: true}) // nothing to load: absent
 		return
 	}
+	// The read took the lease (sr.token), or found it held, or failed (write
+	// nothing), or found undecodable bytes (overwrite them): see readShared.
 	p := plan{write: !sr.failed && !c.localOnly, repair: sr.corrupt, token: sr.token}
-	if sr.held || p.write && !p.repair && p.token == "" {
-		// The read found another holder's lease (or took none: no shared tier
-		// read it): wait for the holder's fill, or take the lease.
+	if sr.held {
+		// Another process holds the lease: wait for its fill, or take the lease.
 		fl.setPhase(phaseLease)
-		token := sr.token
-		if token == "" {
-			token = remote.NewToken()
-		}
-		ls := c.pollLease(ctx, fl, token, sr.held)
+		ls := c.pollLease(ctx, fl, sr.token, true)
 		if ls.found {
 			c.finish(fl, ls.outcome)
 			return
@@ -147,7 +144,7 @@ func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) 
 		p.token, p.write = ls.token, ls.write
 	}
 	fl.setPhase(phaseLoad)
-	v, err := c.loadKey(ctx, fl.key)
+	v, err := c.loadKey(ctx, fl.id.key)
 	c.fillOne(ctx, fl, p, v, err)
 }
 
@@ -170,11 +167,11 @@ func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err 
 	switch {
 	case !p.write:
 	case p.refresh:
-		ferr = c.shared.FillRefreshed(ctx, fl.node, fl.key, p.token, f.frame, f.ttl)
+		ferr = c.shared.FillRefreshed(ctx, fl.node, fl.id.key, p.token, f.frame, f.ttl)
 	case p.token != "":
-		ferr = c.shared.FillLeased(ctx, fl.node, fl.key, p.token, f.frame, f.ttl)
+		ferr = c.shared.FillLeased(ctx, fl.node, fl.id.key, p.token, f.frame, f.ttl)
 	case p.repair:
-		ferr = c.shared.Repair(ctx, fl.node, fl.key, f.frame, f.ttl)
+		ferr = c.shared.Repair(ctx, fl.node, fl.id.key, f.frame, f.ttl)
 	}
 	c.store(fl, f, ferr)
 	// No wait for ristretto: a stored entry is served from the near-cache's stage at
@@ -205,17 +202,17 @@ func (c *Cache[V]) settle(ctx context.Context, fl *flight[V], p plan, v V, err e
 	default:
 		c.stats.loadErrors.Add(1)
 		c.releaseLease(ctx, fl, p)
-		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.key, err)})
+		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.id.key, err)})
 		return filled[V]{}, false
 	}
 	if c.afterLoad != nil {
-		c.afterLoad(fl.key)
+		c.afterLoad(fl.id.key)
 	}
-	f, err := c.frame(fl.key, v, absent)
+	f, err := c.frame(fl.id.key, v, absent)
 	if err != nil {
 		c.stats.loadErrors.Add(1)
 		c.releaseLease(ctx, fl, p)
-		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.key, err)})
+		c.finish(fl, outcome[V]{err: fmt.Errorf("tiered: load %q: %w", fl.id.key, err)})
 		return filled[V]{}, false
 	}
 	if !f.cacheable {
@@ -237,9 +234,9 @@ func (c *Cache[V]) store(fl *flight[V], f filled[V], fillErr error) {
 		return
 	case fillErr != nil:
 		c.stats.remoteErrors.Add(1)
-		c.warnNode(fl.node, "tiered: shared tier fill failed", "key", fl.key, "err", fillErr)
+		c.warnNode(fl.node, "tiered: shared tier fill failed", "key", fl.id.key, "err", fillErr)
 	}
-	c.storeLocal(fl.fence, fl.key, f.v, f.absent, int64(len(f.frame)), f.ttl)
+	c.storeLocal(fl.fence, fl.id.key, f.v, f.absent, int64(len(f.frame)), f.ttl)
 }
 
 // releaseLease gives up a lease whose load fills nothing (best effort: it expires
@@ -252,8 +249,8 @@ func (c *Cache[V]) releaseLease(ctx context.Context, fl *flight[V], p plan) {
 	if p.refresh {
 		release = c.shared.ReleaseRefreshLease
 	}
-	if err := release(context.WithoutCancel(ctx), fl.node, fl.key, p.token); err != nil {
-		c.opts.Logger.Debug("tiered: lease not released; it will expire", "key", fl.key, "err", err)
+	if err := release(context.WithoutCancel(ctx), fl.node, fl.id.key, p.token); err != nil {
+		c.opts.Logger.Debug("tiered: lease not released; it will expire", "key", fl.id.key, "err", err)
 	}
 }
 
@@ -265,7 +262,7 @@ const (
 	leasePollMax = 50 * time.Millisecond
 )
 
-// leased is the outcome of awaitLease: the value (found), or the token to fill with
+// leased is the outcome of pollLease: the value (found), or the token to fill with
 // ("" if none) and whether the load may write the shared tier at all.
 type leased[V any] struct {
 	outcome[V]
@@ -274,7 +271,8 @@ type leased[V any] struct {
 	write bool
 }
 
-// awaitLease takes fl's key's lease on its node, or waits for the holder's fill.
+// pollLease takes fl's key's lease on its node, or waits for the holder's fill
+// (held: a first attempt, made with token, found it held).
 //
 // A waiter marks the holder's placeholder as waited for (remote.AwaitFill), so that
 // the holder's fill, or its giving up, publishes the key on the fill channel, and
@@ -284,12 +282,6 @@ type leased[V any] struct {
 // replaced at once). After Options.LeaseTTL plus one poll it loads without writing
 // Redis. Liveness beats efficiency: no caller waits on another process longer than
 // that.
-func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V]) leased[V] {
-	return c.pollLease(ctx, fl, remote.NewToken(), false)
-}
-
-// pollLease is awaitLease for a token that may already have been tried once (held
-// says it was found held, as GetMany's pipelined attempt reports).
 func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, held bool) leased[V] {
 	deadline := time.Now().Add(c.opts.LeaseTTL + leasePollMax)
 	backoff := c.leasePoll
@@ -303,13 +295,13 @@ func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, h
 				c.stats.leaseTimeouts.Add(1)
 				return leased[V]{}
 			}
-			wake, done := c.fillWaiter(fl.key)
-			b, marked, err := c.shared.AwaitFill(ctx, fl.node, fl.key)
+			wake, done := c.fillWaiter(fl.id.key)
+			b, marked, err := c.shared.AwaitFill(ctx, fl.node, fl.id.key)
 			switch {
 			case err != nil:
 				done()
 				c.stats.remoteErrors.Add(1)
-				c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.key, "err", err)
+				c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.id.key, "err", err)
 				return leased[V]{}
 			case b != nil:
 				done()
@@ -333,10 +325,10 @@ func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, h
 			}
 			done() // the lease is gone, or its end was noticed: read again
 		}
-		b, state, err := c.shared.Lease(ctx, fl.node, fl.key, token, c.opts.LeaseTTL)
+		b, state, err := c.shared.Lease(ctx, fl.node, fl.id.key, token, c.opts.LeaseTTL)
 		if err != nil {
 			c.stats.remoteErrors.Add(1)
-			c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.key, "err", err)
+			c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.id.key, "err", err)
 			return leased[V]{}
 		}
 		switch state {
@@ -365,7 +357,7 @@ func (c *Cache[V]) found(fl *flight[V], b []byte) (outcome[V], bool) {
 		return outcome[V]{}, false
 	}
 	c.stats.remoteHits.Add(1)
-	c.storeLocal(fl.fence, fl.key, v, absent, int64(len(b)), ttl)
+	c.storeLocal(fl.fence, fl.id.key, v, absent, int64(len(b)), ttl)
 	return outcome[V]{v: v, absent: absent}, true
 }
 

@@ -147,7 +147,7 @@ func (c *Cache[V]) readShared(ctx context.Context, fl *flight[V]) shared[V] {
 	if c.hasLoader() {
 		token := remote.NewToken()
 		var state remote.LeaseState
-		b, state, err = c.shared.Lease(ctx, fl.node, fl.key, token, c.opts.LeaseTTL)
+		b, state, err = c.shared.Lease(ctx, fl.node, fl.id.key, token, c.opts.LeaseTTL)
 		switch {
 		case err == nil && state == remote.LeaseWon:
 			c.stats.remoteMisses.Add(1)
@@ -157,14 +157,14 @@ func (c *Cache[V]) readShared(ctx context.Context, fl *flight[V]) shared[V] {
 			return shared[V]{token: token, held: true}
 		}
 	} else {
-		b, err = c.shared.Get(ctx, fl.node, fl.key)
+		b, err = c.shared.Get(ctx, fl.node, fl.id.key)
 	}
-	sr, ttl = c.classify(fl.node, fl.key, b, err)
+	sr, ttl = c.classify(fl.node, fl.id.key, b, err)
 	if sr.hit {
 		if c.afterSharedRead != nil {
-			c.afterSharedRead(fl.key)
+			c.afterSharedRead(fl.id.key)
 		}
-		c.storeLocal(fl.fence, fl.key, sr.v, sr.absent, int64(len(b)), ttl)
+		c.storeLocal(fl.fence, fl.id.key, sr.v, sr.absent, int64(len(b)), ttl)
 	}
 	return sr
 }

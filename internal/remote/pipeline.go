@@ -57,6 +57,7 @@ type pipeliner struct {
 	mu       sync.Mutex // protects inflight and queue
 	inflight int
 	queue    []*queued
+	wg       sync.WaitGroup // the pipelines running in goroutines (Redis.Wait)
 }
 
 type queued struct {
@@ -130,7 +131,9 @@ func (p *pipeliner) next() {
 		p.queue = append([]*queued(nil), p.queue[n:]...)
 	}
 	p.mu.Unlock()
-	go p.run(batch)
+	// Counted while this caller's own pipeline (or call) still holds its slot, so
+	// the count never falls to zero while a successor is being started.
+	p.wg.Go(func() { p.run(batch) })
 }
 
 // run sends batch as one pipeline under its own deadline, then hands on its slot.

@@ -234,6 +234,16 @@ func checkClient(name string, c redis.UniversalClient) error {
 	return nil
 }
 
+// Wait waits for the pipelines still running in goroutines (a caller that gave up
+// leaves its pipeline running until the node answers or Timeout passes). Call it
+// once no call is in flight, after closing the clients the cache owns, which ends
+// their pipelines at once: it makes Close leave no goroutine of the shared tier.
+func (r *Redis) Wait() {
+	for _, n := range *r.nodes.Load() {
+		n.p.wg.Wait()
+	}
+}
+
 // Key returns the Redis key that stores key.
 func (r *Redis) Key(key string) string { return r.prefix + key + "}" }
 
