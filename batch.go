@@ -43,6 +43,10 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	var start time.Time
+	if c.recording {
+		start = time.Now()
+	}
 	out := make(map[string]V, len(keys))
 	var waits, led []*flight[V]
 	var slab []flight[V] // storage for the flights this call starts: one allocation
@@ -84,14 +88,20 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	for _, fl := range waits {
 		o, err := c.wait(ctx, fl)
 		if err != nil {
+			if c.recording {
+				c.rec.RecordGet(TierNone, time.Since(start), err)
+			}
 			return out, err
 		}
 		if o.err == errRetry {
-			v, err := c.get(ctx, c.local.Hash(fl.id.key), fl.id.key)
+			v, err := c.get(ctx, c.local.Hash(fl.id.key), fl.id.key) // recorded there
 			o = outcome[V]{v: v, err: err}
 			if errors.Is(err, ErrNotFound) {
 				o = outcome[V]{absent: true}
 			}
+		} else if c.recording {
+			_, err := result(o)
+			c.rec.RecordGet(o.tier, time.Since(start), err)
 		}
 		switch {
 		case o.err != nil:

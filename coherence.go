@@ -28,6 +28,9 @@ func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
 	c.stats.keysInvalidated.Add(uint64(len(m.Keys)))
 	if m.SentUs > 0 {
 		lag := time.Now().UnixMicro() - m.SentUs
+		if c.recording {
+			c.rec.RecordInvalidationReceived(c.shared.Name(node), len(m.Keys), time.Duration(max(lag, 0))*time.Microsecond)
+		}
 		c.stats.lagSumUs.Add(max(lag, 0))
 		for {
 			old := c.stats.lagMaxUs.Load()
@@ -47,20 +50,25 @@ func (h busHandler[V]) Down(node int) {
 
 func (h busHandler[V]) Up(node int) {
 	h.c.stats.flushesResubscribe.Add(1)
+	h.c.rec.RecordFlush(h.c.shared.Name(node), FlushResubscribe)
 	h.c.local.MarkUp(node)
 	h.c.kickRepair() // the node answers: replay what it missed
 }
 
 func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
+	fc := FlushGap
 	switch cause {
 	case invalidation.CauseEpoch:
 		h.c.stats.flushesEpoch.Add(1)
+		fc = FlushEpoch
 	case invalidation.CauseCleared:
 		h.c.stats.flushesCleared.Add(1)
+		fc = FlushCleared
 	default:
 		h.c.stats.flushesGap.Add(1)
 	}
 	h.c.local.FlushNode(node)
+	h.c.rec.RecordFlush(h.c.shared.Name(node), fc)
 }
 
 // Filled wakes this process's waiters for key's fill (see pollLease).

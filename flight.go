@@ -68,6 +68,7 @@ type outcome[V any] struct {
 	v      V
 	absent bool
 	err    error
+	tier   Tier // what answered: set by finish, from the phase the flight ended in
 }
 
 // errRetry ends a flight that has no value for its waiters (a refresh that found
@@ -128,6 +129,12 @@ func (c *Cache[V]) begin(key string, h uint64, spare *flight[V]) (fl *flight[V],
 
 // finish ends fl with o: it leaves the table, then its waiters are woken.
 func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
+	switch {
+	case phase(fl.phase.Load()) >= phaseLoad:
+		o.tier = TierLoader
+	case !c.localOnly:
+		o.tier = TierShared // read, or filled by another process during phaseLease
+	}
 	fl.out = o
 	fl.setPhase(phaseDone)
 	sh := &c.flights.shards[fl.h%flightShards]

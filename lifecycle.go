@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 	"github.com/tieredcache/tiered/internal/envelope"
 	"github.com/tieredcache/tiered/internal/invalidation"
 	"github.com/tieredcache/tiered/internal/local"
@@ -34,7 +35,9 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	if err := checkCodec(o.Codec); err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin}
+	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin, rec: o.Recorder}
+	_, nop := o.Recorder.(NopRecorder)
+	c.recording = !nop
 	c.shared, err = c.newShared()
 	if err != nil {
 		c.closeOwned()
@@ -147,10 +150,15 @@ func (c *Cache[V]) newShared() (sharedTier, error) {
 		return noShared{}, nil
 	}
 	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes,
-		OnBreakerOpen: func(name string) {
-			c.stats.breakerOpens.Add(1)
-			o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", name)
+		OnBreaker: func(name string, to gobreaker.State) {
+			state := breakerState(to)
+			if state == BreakerOpen {
+				c.stats.breakerOpens.Add(1)
+				o.Logger.Warn("tiered: circuit breaker open: failing fast for a while", "node", name)
+			}
+			c.rec.RecordBreaker(name, state)
 		},
+		OnMissed: func(name string, pending int) { c.rec.RecordMissedWrite(name, pending) },
 	}
 	if o.Client == nil { // a ring, even of one node, so that nodes can be added
 		names := make([]string, len(nodes))

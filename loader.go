@@ -70,7 +70,7 @@ func (c *Cache[V]) hasLoader() bool { return c.opts.Loader != nil || c.opts.Batc
 // Loader, turning a panic into a *PanicError and absence into ErrNotFound.
 func (c *Cache[V]) loadKey(ctx context.Context, key string) (v V, err error) {
 	c.stats.loads.Add(1)
-	if c.opts.Loader == nil {
+	if c.opts.Loader == nil { // recorded by loadBatch
 		m, err := c.loadBatch(ctx, []string{key})
 		if err != nil {
 			return v, err
@@ -81,14 +81,24 @@ func (c *Cache[V]) loadKey(ctx context.Context, key string) (v V, err error) {
 		}
 		return v, nil
 	}
+	if c.recording {
+		defer c.recordLoad(1, time.Now(), &err) // after recoverLoad: sees a panic's error
+	}
 	defer recoverLoad(&err)
 	return c.opts.Loader.Load(ctx, key)
 }
 
 // loadBatch calls the BatchLoader, turning a panic into a *PanicError.
 func (c *Cache[V]) loadBatch(ctx context.Context, keys []string) (m map[string]V, err error) {
+	if c.recording {
+		defer c.recordLoad(len(keys), time.Now(), &err)
+	}
 	defer recoverLoad(&err)
 	return c.opts.BatchLoader.LoadMany(ctx, keys)
+}
+
+func (c *Cache[V]) recordLoad(keys int, start time.Time, err *error) {
+	c.rec.RecordLoad(keys, time.Since(start), *err)
 }
 
 func recoverLoad(err *error) {
@@ -266,9 +276,10 @@ const (
 // ("" if none) and whether the load may write the shared tier at all.
 type leased[V any] struct {
 	outcome[V]
-	found bool
-	token string
-	write bool
+	found  bool
+	token  string
+	write  bool
+	waited bool // for another process's fill
 }
 
 // pollLease takes fl's key's lease on its node, or waits for the holder's fill
@@ -283,7 +294,18 @@ type leased[V any] struct {
 // Redis. Liveness beats efficiency: no caller waits on another process longer than
 // that.
 func (c *Cache[V]) pollLease(ctx context.Context, fl *flight[V], token string, held bool) leased[V] {
-	deadline := time.Now().Add(c.opts.LeaseTTL + leasePollMax)
+	start := time.Now()
+	ls := c.awaitLease(ctx, fl, token, held, start)
+	if ls.waited && c.recording {
+		c.rec.RecordLeaseWait(time.Since(start), ls.found)
+	}
+	return ls
+}
+
+// awaitLease is pollLease without its recording.
+func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V], token string, held bool, start time.Time) (ls leased[V]) {
+	defer func() { ls.waited = held }()
+	deadline := start.Add(c.opts.LeaseTTL + leasePollMax)
 	backoff := c.leasePoll
 	if held {
 		c.stats.leaseWaits.Add(1)

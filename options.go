@@ -141,8 +141,15 @@ type Options[V any] struct {
 	Codec Codec[V]
 
 	// Logger receives warnings about failures the caller does not see (a shared tier
-	// that is down while a Loader answers, undecodable bytes). Default: discard.
+	// that is down while a Loader answers, undecodable bytes), each naming its node.
+	// Default: discard. go-redis logs some failures of its own (a pool's failed
+	// dials) to stderr, process-wide: route them with
+	// redis.SetLogger(tiered.RedisLogger(logger)).
 	Logger *slog.Logger
+
+	// Recorder receives latencies and events for metrics (see Recorder, and the
+	// tieredprom and tieredotel modules). Default NopRecorder{}.
+	Recorder Recorder
 }
 
 // withDefaults returns a copy of o with defaults applied, or an error naming the
@@ -187,6 +194,9 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Recorder == nil {
+		o.Recorder = NopRecorder{}
 	}
 	if o.Jitter < 0 {
 		o.Jitter = 0

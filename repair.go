@@ -50,6 +50,9 @@ func (c *Cache[V]) replay(r *remote.Redis, idx int) {
 		idx, invalidation.AppendPayload(nil, c.origin, now, nil),
 		func(keys []string) []byte { return invalidation.AppendPayload(nil, c.origin, now, keys) })
 	c.stats.writesReplayed.Add(uint64(keys))
+	if keys > 0 || cleared {
+		c.rec.RecordReplay(r.Name(idx), keys, cleared)
+	}
 	switch {
 	case err != nil:
 		c.opts.Logger.Debug("tiered: node not repaired yet", "node", r.Name(idx), "err", err)

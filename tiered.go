@@ -15,13 +15,15 @@ import (
 // Cache is a two-tier read-through cache of V values under string keys. It is safe
 // for concurrent use. Create it with New and release it with Close.
 type Cache[V any] struct {
-	opts    Options[V] // with defaults applied
-	local   *local.Cache[V]
-	shared  sharedTier
-	tag     uint32     // envelope tag of opts.Codec
-	flights flights[V] // keys being read or loaded (flight.go)
-	stats   counters
-	warned  sync.Map // node index -> *atomic.Int64: when its last warning was logged (frame.go)
+	opts      Options[V] // with defaults applied
+	local     *local.Cache[V]
+	shared    sharedTier
+	tag       uint32     // envelope tag of opts.Codec
+	flights   flights[V] // keys being read or loaded (flight.go)
+	stats     counters
+	rec       Recorder // opts.Recorder
+	recording bool     // rec is not a NopRecorder: time and name what it is told of
+	warned    sync.Map // node index -> *atomic.Int64: when its last warning was logged (frame.go)
 
 	fillMu    sync.Mutex           // protects fills
 	fills     map[string]*fillWait // keys whose fill a flight waits for (coherence.go)
@@ -107,6 +109,19 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	}
 	defer c.wg.Done()
 	c.stats.localMisses.Add(1)
+	if c.recording {
+		start := time.Now()
+		v, o, err := c.getMissed(ctx, h, key)
+		c.rec.RecordGet(o.tier, time.Since(start), err)
+		return v, err
+	}
+	v, _, err := c.getMissed(ctx, h, key)
+	return v, err
+}
+
+// getMissed is get once the call is counted: it returns the flight's outcome too.
+func (c *Cache[V]) getMissed(ctx context.Context, h uint64, key string) (V, outcome[V], error) {
+	var zero V
 	for {
 		fl, lead := c.begin(key, h, nil)
 		if lead {
@@ -116,19 +131,21 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 			sr := c.readShared(context.WithoutCancel(ctx), fl)
 			if sr.hit {
 				c.finish(fl, sr.outcome)
-				return result(sr.outcome)
+				v, err := result(fl.out)
+				return v, fl.out, err
 			}
 			c.wg.Add(1) // for load; this call's own count keeps Close waiting
 			go c.load(ctx, fl, sr)
 		}
 		o, err := c.wait(ctx, fl)
 		if err != nil {
-			return zero, err
+			return zero, o, err
 		}
 		if o.err == errRetry {
 			continue
 		}
-		return result(o)
+		v, err := result(o)
+		return v, o, err
 	}
 }
 

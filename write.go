@@ -48,6 +48,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	c.wakeFill(key) // a flight here waiting for another process's fill reads the new value
 	if !c.localOnly {
 		c.stats.invalidationsSent.Add(1)
+		if c.recording {
+			c.rec.RecordInvalidationSent(c.shared.Name(node), 1)
+		}
 	}
 	return nil
 }
@@ -92,6 +95,20 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	}
 	if !c.localOnly {
 		c.stats.invalidationsSent.Add(1)
+		if c.recording {
+			c.recordSent(items)
+		}
 	}
 	return nil
+}
+
+// recordSent reports the invalidations a Delete of items published, one per node.
+func (c *Cache[V]) recordSent(items []remote.Item) {
+	perNode := make(map[int]int)
+	for _, it := range items {
+		perNode[it.Node]++
+	}
+	for node, keys := range perNode {
+		c.rec.RecordInvalidationSent(c.shared.Name(node), keys)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -87,12 +88,42 @@ type Subscriber struct {
 	// Owned by the run goroutine.
 	epoch string
 	seq   uint64
+
+	// What Status reports, written by the run goroutine.
+	up        atomic.Bool
+	since     atomic.Int64           // when up last changed (or Start), in Unix nanoseconds
+	lastSeq   atomic.Uint64          // the last message's sequence number
+	lastEpoch atomic.Pointer[string] // the last message's epoch
+}
+
+// Status is a Subscriber's state.
+type Status struct {
+	Up    bool      // the subscription is confirmed
+	Since time.Time // when Up last changed, or the Subscriber started
+	Epoch string    // the node epoch of the last message received ("" before the first)
+	Seq   uint64    // its sequence number
+}
+
+// Status returns the Subscriber's state now.
+func (s *Subscriber) Status() Status {
+	st := Status{Up: s.up.Load(), Since: time.Unix(0, s.since.Load()), Seq: s.lastSeq.Load()}
+	if e := s.lastEpoch.Load(); e != nil {
+		st.Epoch = *e
+	}
+	return st
+}
+
+func (s *Subscriber) setUp(up bool) {
+	if s.up.Swap(up) != up {
+		s.since.Store(time.Now().UnixNano())
+	}
 }
 
 // Start starts a Subscriber's goroutine; Stop ends it.
 func Start(cfg Config) *Subscriber {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Subscriber{cfg: cfg, cancel: cancel, done: make(chan struct{}), ready: make(chan struct{})}
+	s.since.Store(time.Now().UnixNano())
 	go s.run(ctx)
 	return s
 }
@@ -124,6 +155,7 @@ func (s *Subscriber) run(ctx context.Context) {
 		if s.session(ctx) {
 			backoff = 10 * time.Millisecond // it was up: retry at once-ish
 		}
+		s.setUp(false)
 		if ctx.Err() != nil {
 			return // stopped: not a lost subscription
 		}
@@ -197,6 +229,7 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 			if m.Kind == "subscribe" && m.Channel == s.cfg.Channel {
 				s.epoch, s.seq = "", 0
 				s.cfg.Handler.Up(s.cfg.Node)
+				s.setUp(true)
 				wasUp = true
 				s.once.Do(func() { close(s.ready) })
 			}
@@ -231,7 +264,12 @@ func (s *Subscriber) handle(payload string) {
 	case m.Seq != s.seq+1:
 		s.cfg.Handler.Flush(s.cfg.Node, CauseGap)
 	}
+	if m.Epoch != s.epoch {
+		e := m.Epoch // allocated only when the epoch changes
+		s.lastEpoch.Store(&e)
+	}
 	s.epoch, s.seq = m.Epoch, m.Seq
+	s.lastSeq.Store(m.Seq)
 	if len(m.Keys) == 0 {
 		s.cfg.Handler.Flush(s.cfg.Node, CauseCleared) // every process, the sender's too
 		return

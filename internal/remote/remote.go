@@ -48,9 +48,13 @@ type Config struct {
 	Picker    Picker        // required when len(Nodes) > 1
 	Namespace string        // key prefix; must not contain '{' or '}'
 	Timeout   time.Duration // bound on each call to one node
-	// OnBreakerOpen, if set, is called with the breaker's name (the node's, or a
-	// Cluster master's address) when a circuit breaker opens.
-	OnBreakerOpen func(name string)
+	// OnBreaker, if set, is called with the breaker's name (the node's, or a
+	// Cluster master's address) when a circuit breaker changes state.
+	OnBreaker func(name string, to gobreaker.State)
+	// OnMissed, if set, is called when a write could not be confirmed on the named
+	// node, with the keys now remembered there (see Replay; MissedDeletes+1 once
+	// they overflowed).
+	OnMissed func(name string, pending int)
 	// MissedDeletes bounds the keys remembered per node for a write that could not
 	// be confirmed there (see Replay); required. The cache's Options.MissedDeletes
 	// sets it, and holds its default.
@@ -62,7 +66,8 @@ type Redis struct {
 	nodes    atomic.Pointer[[]*node] // by index; append-only, replaced whole (AddNode)
 	addMu    sync.Mutex              // serialises AddNode
 	pick     Picker
-	onOpen   func(name string)
+	onChange func(name string, to gobreaker.State)
+	onMissed func(name string, pending int)
 	maxMiss  int
 	prefix   string
 	timeout  time.Duration
@@ -119,8 +124,8 @@ func (r *Redis) newBreaker(name string) *gobreaker.CircuitBreaker[struct{}] {
 		// A caller that gave up says nothing about the node.
 		IsExcluded: func(err error) bool { return errors.Is(err, context.Canceled) },
 		OnStateChange: func(name string, _, to gobreaker.State) {
-			if to == gobreaker.StateOpen && r.onOpen != nil {
-				r.onOpen(name)
+			if r.onChange != nil {
+				r.onChange(name, to)
 			}
 		},
 	})
@@ -182,7 +187,7 @@ func New(cfg Config) (*Redis, error) {
 	}
 	r := &Redis{
 		pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout,
-		onOpen: cfg.OnBreakerOpen, maxMiss: cfg.MissedDeletes,
+		onChange: cfg.OnBreaker, onMissed: cfg.OnMissed, maxMiss: cfg.MissedDeletes,
 		channel:  cfg.Namespace + ":invalidate",
 		seqKey:   cfg.Namespace + ":invalidate:seq",
 		epochKey: cfg.Namespace + ":invalidate:epoch",
@@ -368,6 +373,49 @@ func (r *Redis) Channel() string { return r.channel }
 
 // Client returns node idx's client.
 func (r *Redis) Client(idx int) redis.UniversalClient { return (*r.nodes.Load())[idx].c }
+
+// Breaker returns the state of node idx's circuit breaker; on a Cluster, the worst
+// state among its masters' (open, then half-open, then closed).
+func (r *Redis) Breaker(idx int) gobreaker.State {
+	n, err := r.node(idx)
+	if err != nil {
+		return gobreaker.StateClosed
+	}
+	worst := n.cb.State()
+	n.masters.Range(func(_, b any) bool {
+		worst = worse(worst, b.(*gobreaker.CircuitBreaker[struct{}]).State())
+		return true
+	})
+	return worst
+}
+
+func worse(a, b gobreaker.State) gobreaker.State {
+	rank := func(s gobreaker.State) int {
+		switch s {
+		case gobreaker.StateOpen:
+			return 2
+		case gobreaker.StateHalfOpen:
+			return 1
+		}
+		return 0
+	}
+	if rank(b) > rank(a) {
+		return b
+	}
+	return a
+}
+
+// Addr returns the address node idx's client dials (a Cluster's seed addresses,
+// comma-separated), or "" if the client's type does not tell.
+func (r *Redis) Addr(idx int) string {
+	switch c := r.Client(idx).(type) {
+	case *redis.Client:
+		return c.Options().Addr
+	case *redis.ClusterClient:
+		return strings.Join(c.Options().Addrs, ",")
+	}
+	return ""
+}
 
 func newEpoch() string { return strconv.FormatUint(rand.Uint64(), 36) }
 

@@ -33,7 +33,6 @@ const replayBatch = 256
 // remember records that a write of key may not have reached n.
 func (r *Redis) remember(n *node, key string) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.failures++
 	if !n.dirty {
 		if n.missed == nil {
@@ -45,6 +44,33 @@ func (r *Redis) remember(n *node, key string) {
 		}
 	}
 	n.unsynced.Store(true)
+	pending := n.pendingLocked(r.maxMiss)
+	n.mu.Unlock()
+	if r.onMissed != nil {
+		r.onMissed(n.name, pending)
+	}
+}
+
+// pendingLocked returns the keys remembered on n: MissedDeletes+1 once they
+// overflowed. n.mu must be held.
+func (n *node) pendingLocked(maxMiss int) int {
+	if n.dirty {
+		return maxMiss + 1
+	}
+	return len(n.missed)
+}
+
+// Pending returns the keys node idx missed writes of, still to replay
+// (MissedDeletes+1 once they overflowed: all its keys are to be cleared), and
+// whether they overflowed.
+func (r *Redis) Pending(idx int) (keys int, overflowed bool) {
+	n, err := r.node(idx)
+	if err != nil {
+		return 0, false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.pendingLocked(r.maxMiss), n.dirty
 }
 
 // Unsynced reports whether node idx has missed writes to replay.
