@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 	"go.uber.org/goleak"
 
 	"github.com/tieredcache/tiered/internal/redistest"
@@ -186,7 +187,11 @@ func TestBreakerFailsFastThenRecovers(t *testing.T) {
 	opened := make(chan string, 1)
 	r, err := remote.New(remote.Config{
 		Nodes: []remote.Node{{Name: "n", Client: client(t, srv.Addr())}}, Timeout: timeout, MissedDeletes: missed,
-		OnBreakerOpen: func(name string) { opened <- name },
+		OnBreaker: func(name string, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				opened <- name
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
