@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every workload of the benchmarks module against tiered and its peers with
 # -count 6 and writes BENCHMARKS.md beside this script: the machine, the versions,
-# the headline ratios, the stale-reads table and the benchstat tables.
+# the headline ratios, the stale-reads table and the benchstat tables, with the first
+# two also drawn as charts/headline.svg and charts/staleness.svg (in a charts directory
+# beside OUT when OUT is elsewhere).
 #
 #   benchmarks/run.sh                         # about 16 minutes on 2 busy cores
 #   COUNT=1 OUT=/tmp/b.md benchmarks/run.sh   # a quick try that leaves BENCHMARKS.md alone
@@ -176,7 +178,9 @@ EOF
 echo
 echo "## Headline"
 echo
-"./$RES/benchreport" "$RES/all.txt"
+# Run from the report's directory, so that the charts' links are relative to it.
+mkdir -p "$(dirname "$OUT")/charts"
+(cd "$(dirname "$OUT")" && "$OLDPWD/$RES/benchreport" -svg charts "$OLDPWD/$RES/all.txt")
 cat <<EOF
 
 ## benchstat

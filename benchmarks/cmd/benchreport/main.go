@@ -5,25 +5,39 @@
 // runs.
 //
 //	benchreport results/*.txt
+//	benchreport -svg charts results/*.txt
+//
+// With -svg DIR it also draws the headline table as DIR/headline.svg and the
+// stale-reads table as DIR/staleness.svg (see chart.go), and the markdown shows them
+// with image links to those paths: DIR as given, so relative to the markdown's
+// directory.
 package main
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchreport FILE...")
+	svgDir := flag.String("svg", "", "also draw the charts into `DIR` and link them from the markdown")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: benchreport [-svg DIR] FILE...")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() == 0 {
+		flag.Usage()
 		os.Exit(2)
 	}
 	var all []result
-	for _, name := range os.Args[1:] {
+	for _, name := range flag.Args() {
 		f, err := os.Open(name)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -37,7 +51,13 @@ func main() {
 		}
 		all = append(all, rs...)
 	}
-	if err := write(os.Stdout, all); err != nil {
+	if *svgDir != "" {
+		if err := writeCharts(*svgDir, all); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	if err := write(os.Stdout, all, *svgDir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -129,13 +149,18 @@ func duration(ns float64) string {
 	}
 }
 
-func write(w io.Writer, rs []result) error {
+// write prints the markdown; if charts is not "", with links to the charts that
+// writeCharts drew there.
+func write(w io.Writer, rs []result, charts string) error {
 	bw := bufio.NewWriter(w)
 	t := group(rs, "ns/op", func(result) bool { return true })
 	if len(t.systems) == 0 {
 		return fmt.Errorf("no benchmark results")
 	}
 	base := t.systems[0]
+	if charts != "" {
+		fmt.Fprintf(bw, "![Median time per operation of each system over %s's, per workload](%s)\n\n", base, path.Join(charts, headlineSVG))
+	}
 	fmt.Fprintf(bw, "Median time per operation (ns/op over %s runs); in parentheses, the system's time over %s's: above 1.00, %s is faster.\n\n",
 		runs(t), base, base)
 	fmt.Fprintf(bw, "| workload | %s |\n|---|%s\n", strings.Join(t.systems, " | "), strings.Repeat("---|", len(t.systems)))
@@ -174,19 +199,15 @@ func write(w io.Writer, rs []result) error {
 	}
 	stale, stale10, stale1 := group(rs, "stale-reads", coh), group(rs, "stale-reads-10ms", coh), group(rs, "stale-reads-1ms", coh)
 	age, ops := group(rs, "max-stale-ms", coh), group(rs, "ops/s", coh)
-	sum := func(t table, sys string) float64 {
-		var n float64
-		for _, v := range t.vals[[2]string{"Coherence", sys}] {
-			n += v
-		}
-		return n
-	}
 	fmt.Fprintf(bw, "\nStale reads in the coherence workload, summed over %s runs. A read is stale with respect to Δ when the write that replaced the value it returned had been acknowledged more than Δ before the read began; max staleness is the oldest replaced value any read returned, whatever Δ.\n\n", runs(reads))
+	if charts != "" {
+		fmt.Fprintf(bw, "![Stale reads in the coherence workload, %% of the reads checked, per system and Δ](%s)\n\n", path.Join(charts, stalenessSVG))
+	}
 	fmt.Fprintln(bw, "| system | reads checked | stale reads, Δ = 100 ms | stale % | stale, Δ = 10 ms | stale, Δ = 1 ms | max staleness | median ops/s |")
 	fmt.Fprintln(bw, "|---|---|---|---|---|---|---|---|")
 	var zero []string
 	for _, sys := range reads.systems {
-		n, s := sum(reads, sys), sum(stale, sys)
+		n, s := sum(reads, "Coherence", sys), sum(stale, "Coherence", sys)
 		pct := 0.0
 		if n > 0 {
 			pct = 100 * s / n
@@ -196,10 +217,19 @@ func write(w io.Writer, rs []result) error {
 		}
 		maxAge := slices.Max(append([]float64{0}, age.vals[[2]string{"Coherence", sys}]...))
 		fmt.Fprintf(bw, "| %s | %.0f | %.0f | %.2f | %.0f | %.0f | %s | %.0f |\n",
-			sys, n, s, pct, sum(stale10, sys), sum(stale1, sys), duration(1e6*maxAge), median(ops.vals[[2]string{"Coherence", sys}]))
+			sys, n, s, pct, sum(stale10, "Coherence", sys), sum(stale1, "Coherence", sys), duration(1e6*maxAge), median(ops.vals[[2]string{"Coherence", sys}]))
 	}
 	fmt.Fprintf(bw, "\nZero stale reads at Δ = 100 ms: %s.\n", strings.Join(zero, ", "))
 	return bw.Flush()
+}
+
+// sum adds up the values of one cell of t.
+func sum(t table, workload, system string) float64 {
+	var n float64
+	for _, v := range t.vals[[2]string{workload, system}] {
+		n += v
+	}
+	return n
 }
 
 // runs describes how many runs each cell has ("6", or "4-6" if they differ).

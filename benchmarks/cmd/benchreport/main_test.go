@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/xml"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// input is benchmark output as the benchmarks module prints it: three systems, two
+// runs of NearHit and Coherence, one of Stampede (which has no otter).
+const input = `goos: linux
+goarch: amd64
+pkg: github.com/tieredcache/tiered/benchmarks
+cpu: Test CPU
+BenchmarkNearHit/sys=tiered-2         	 9000000	       126.0 ns/op	         0 loads/op	       100.0 near-hit-%	   7936508 ops/s	        48 B/op	       1 allocs/op
+BenchmarkNearHit/sys=otter-2          	27000000	        42.00 ns/op	         0 loads/op	       100.0 near-hit-%	  23809524 ops/s	        48 B/op	       1 allocs/op
+BenchmarkNearHit/sys=go-redis-2       	   28000	     43100 ns/op	         0 loads/op	         0 near-hit-%	     23202 ops/s	       100.0 shared-hit-%	       400 B/op	      19 allocs/op
+BenchmarkNearHit/sys=tiered-2         	 9000000	       130.0 ns/op	         0 loads/op	       100.0 near-hit-%	   7692308 ops/s	        48 B/op	       1 allocs/op
+BenchmarkNearHit/sys=otter-2          	27000000	        44.00 ns/op	         0 loads/op	       100.0 near-hit-%	  22727273 ops/s	        48 B/op	       1 allocs/op
+BenchmarkNearHit/sys=go-redis-2       	   28000	     43900 ns/op	         0 loads/op	         0 near-hit-%	     22779 ops/s	       100.0 shared-hit-%	       400 B/op	      19 allocs/op
+BenchmarkStampede/sys=tiered-2        	      50	   5030000 ns/op	         1.000 loads/op	       198.8 ops/s	   4511065 p50-ns	   6061538 p99-ns	    446592 B/op	    3096 allocs/op
+BenchmarkStampede/sys=go-redis-2      	      50	  47970000 ns/op	       956.0 loads/op	        20.85 ops/s	  57461896 p50-ns	  68143867 p99-ns	   5934240 B/op	   68427 allocs/op
+BenchmarkCoherence/sys=tiered-2       	  200000	     10400 ns/op	         0 loads/op	         6.820 max-stale-ms	    96310 ops/s	    224622 reads	         0 stale-%	         0 stale-reads	       268 stale-reads-1ms	         0 stale-reads-10ms	     1200 B/op	      20 allocs/op
+BenchmarkCoherence/sys=otter-2        	  570000	      3600 ns/op	         0 loads/op	      2444 max-stale-ms	   277899 ops/s	    582726 reads	     84.53 stale-%	    492564 stale-reads	    517187 stale-reads-1ms	    515458 stale-reads-10ms	      900 B/op	      12 allocs/op
+BenchmarkCoherence/sys=go-redis-2     	   55000	     36300 ns/op	         0 loads/op	         0 max-stale-ms	    27548 ops/s	     71785 reads	         0 stale-%	         0 stale-reads	         0 stale-reads-1ms	         0 stale-reads-10ms	     1500 B/op	      30 allocs/op
+BenchmarkCoherence/sys=tiered-2       	  200000	     10600 ns/op	         0 loads/op	         5.100 max-stale-ms	    94340 ops/s	    220012 reads	         0 stale-%	         0 stale-reads	       301 stale-reads-1ms	         0 stale-reads-10ms	     1200 B/op	      20 allocs/op
+BenchmarkCoherence/sys=otter-2        	  570000	      3500 ns/op	         0 loads/op	      2301 max-stale-ms	   285714 ops/s	    590001 reads	     84.90 stale-%	    500911 stale-reads	    524002 stale-reads-1ms	    522510 stale-reads-10ms	      900 B/op	      12 allocs/op
+BenchmarkCoherence/sys=go-redis-2     	   55000	     36000 ns/op	         0 loads/op	         0 max-stale-ms	    27778 ops/s	     72001 reads	         0 stale-%	         0 stale-reads	         0 stale-reads-1ms	         0 stale-reads-10ms	     1500 B/op	      30 allocs/op
+PASS
+ok  	github.com/tieredcache/tiered/benchmarks	60.000s
+`
+
+// wantMarkdown is the report benchreport printed for input before it drew charts.
+const wantMarkdown = `Median time per operation (ns/op over 1-2 runs); in parentheses, the system's time over tiered's: above 1.00, tiered is faster.
+
+| workload | tiered | otter | go-redis |
+|---|---|---|---|
+| NearHit | 128 ns | 43 ns (0.34) | 43.5 µs (339.84) |
+| Stampede | 5.03 ms | – | 47.97 ms (9.54) |
+| Coherence | 10.5 µs | 3.5 µs (0.34) | 36.1 µs (3.44) |
+
+- NearHit: fastest median, otter.
+- Stampede: fastest median, tiered.
+- Coherence: fastest median, otter.
+
+Stale reads in the coherence workload, summed over 2 runs. A read is stale with respect to Δ when the write that replaced the value it returned had been acknowledged more than Δ before the read began; max staleness is the oldest replaced value any read returned, whatever Δ.
+
+| system | reads checked | stale reads, Δ = 100 ms | stale % | stale, Δ = 10 ms | stale, Δ = 1 ms | max staleness | median ops/s |
+|---|---|---|---|---|---|---|---|
+| tiered | 444634 | 0 | 0.00 | 0 | 569 | 6.82 ms | 95325 |
+| otter | 1172727 | 993475 | 84.71 | 1037968 | 1041189 | 2444.00 ms | 281806 |
+| go-redis | 143786 | 0 | 0.00 | 0 | 0 | 0 | 27663 |
+
+Zero stale reads at Δ = 100 ms: tiered, go-redis.
+`
+
+func parseInput(t *testing.T) []result {
+	t.Helper()
+	rs, err := parse(strings.NewReader(input))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+func TestMarkdown(t *testing.T) {
+	var b strings.Builder
+	if err := write(&b, parseInput(t), ""); err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != wantMarkdown {
+		t.Errorf("markdown:\n%s\nwant:\n%s", b.String(), wantMarkdown)
+	}
+}
+
+// TestCharts checks that -svg draws both charts as SVG naming every system, and that
+// the markdown is the same but for the links to them.
+func TestCharts(t *testing.T) {
+	dir := t.TempDir()
+	rs := parseInput(t)
+	if err := writeCharts(dir, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{headlineSVG, stalenessSVG} {
+		text := svgText(t, filepath.Join(dir, name))
+		for _, sys := range []string{"tiered", "otter", "go-redis"} {
+			if !strings.Contains(text, sys) {
+				t.Errorf("%s does not name %s; its text: %q", name, sys, text)
+			}
+		}
+	}
+
+	var b strings.Builder
+	if err := write(&b, rs, "charts"); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, name := range []string{headlineSVG, stalenessSVG} {
+		link := "](charts/" + name + ")\n\n"
+		i := strings.Index(md, link)
+		if i < 0 {
+			t.Fatalf("no link to charts/%s in:\n%s", name, md)
+		}
+		start := strings.LastIndex(md[:i], "![")
+		if start < 0 || (start > 0 && md[start-1] != '\n') {
+			t.Fatalf("the link to %s is not an image on its own line:\n%s", name, md)
+		}
+		md = md[:start] + md[i+len(link):]
+	}
+	if md != wantMarkdown {
+		t.Errorf("markdown without the links:\n%s\nwant:\n%s", md, wantMarkdown)
+	}
+}
+
+// svgText parses the SVG file as XML and returns the text of its <text> elements.
+func svgText(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	d := xml.NewDecoder(f)
+	var text strings.Builder
+	root, inText := "", false
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		switch tok := tok.(type) {
+		case xml.StartElement:
+			if root == "" {
+				root = tok.Name.Local
+			}
+			inText = tok.Name.Local == "text"
+		case xml.EndElement:
+			inText = false
+		case xml.CharData:
+			if inText {
+				text.Write(tok)
+				text.WriteByte('\n')
+			}
+		}
+	}
+	if root != "svg" {
+		t.Fatalf("%s: root element %q, want svg", path, root)
+	}
+	return text.String()
+}
