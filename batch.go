@@ -94,7 +94,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			return out, err
 		}
 		if o.err == errRetry {
-			v, err := c.get(ctx, c.local.Hash(fl.id.key), fl.id.key) // recorded there
+			v, err := c.get(ctx, c.local.Hash(fl.id.key), fl.id.key, perCall[V]{}) // recorded there
 			o = outcome[V]{v: v, err: err}
 			if errors.Is(err, ErrNotFound) {
 				o = outcome[V]{absent: true}

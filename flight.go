@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/tieredcache/tiered/internal/local"
 )
@@ -80,6 +81,10 @@ type flight[V any] struct {
 	h     uint64   // the key's hash: its shard of the table
 	node  int
 	fence local.Fence
+	// Set by the leader before the flight's load: a per-call loader and TTL
+	// (GetOrLoad), or nil and 0 for the Cache's.
+	load  Loader[V]
+	ttl   time.Duration
 	phase atomic.Int32
 	out   outcome[V] // set before ended
 	// Under the shard's mu: ended is set when out is; done is made by the first

@@ -2,6 +2,7 @@ package tiered
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -77,9 +78,10 @@ func (c *Cache[V]) encode(v V) ([]byte, V, error) {
 }
 
 // frame encodes a loaded value (or an absence) for the shared tier with its jittered
-// TTL, and returns it with the value every tier serves (see encode). A value over
-// MaxValueSize is returned not cacheable; one the codec cannot encode is an error.
-func (c *Cache[V]) frame(key string, v V, absent bool) (filled[V], error) {
+// TTL (ttl, or Options.TTL if 0), and returns it with the value every tier serves
+// (see encode). A value over MaxValueSize is returned not cacheable; one the codec
+// cannot encode is an error.
+func (c *Cache[V]) frame(key string, v V, absent bool, ttl time.Duration) (filled[V], error) {
 	h := envelope.Header{Kind: envelope.KindAbsent, CodecTag: c.tag}
 	f := filled[V]{outcome: outcome[V]{absent: absent}, ttl: c.jitter(c.opts.NegativeTTL), cacheable: true}
 	var payload []byte
@@ -94,7 +96,7 @@ func (c *Cache[V]) frame(key string, v V, absent bool) (filled[V], error) {
 			f.cacheable = false
 			return f, nil
 		}
-		h.Kind, f.ttl = envelope.KindValue, c.jitter(c.opts.TTL)
+		h.Kind, f.ttl = envelope.KindValue, c.jitter(cmp.Or(ttl, c.opts.TTL))
 	}
 	h.ExpireMs = time.Now().Add(f.ttl).UnixMilli()
 	f.frame = envelope.Encode(h, payload)

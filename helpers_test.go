@@ -179,7 +179,10 @@ func nearHas[V any](c *Cache[V], key string) (V, bool) {
 
 // allUp reports whether c's subscription to every node is confirmed.
 func allUp[V any](c *Cache[V]) bool {
-	for i := range len(c.subs) {
+	c.subsMu.Lock()
+	n := len(c.follows)
+	c.subsMu.Unlock()
+	for i := range n {
 		if !c.local.Up(i) {
 			return false
 		}

@@ -2,14 +2,11 @@ package tiered
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"strconv"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"github.com/tieredcache/tiered/internal/envelope"
 	"github.com/tieredcache/tiered/internal/invalidation"
@@ -19,12 +16,13 @@ import (
 )
 
 // New returns a Cache configured by opts. It validates opts (Options.Addrs included)
-// and starts one invalidation subscriber per Redis node. It does no I/O itself and
-// does not fail on Redis: a node that is down or hung at start is handled like one
-// that fails later (its keys bypass the near-cache until its subscription is
-// confirmed). New waits for the subscriptions, dials included, only until
-// Options.Timeout has passed since it was called, one deadline for all nodes: it
-// returns after at most Timeout, or at once if building the ring and the
+// and follows the invalidations of every Redis node (on the pub/sub connections of
+// Options.Shared, or of the Shared it makes for Options.Nodes, Client or Addrs). It
+// does no I/O itself and does not fail on Redis: a node that is down or hung at start
+// is handled like one that fails later (its keys bypass the near-cache until its
+// subscription is confirmed). New waits for the subscriptions, dials included, only
+// until Options.Timeout has passed since it was called, one deadline for all nodes:
+// it returns after at most Timeout, or at once if building the ring and the
 // near-cache (CPU work) alone took longer. Use Ping to wait for readiness.
 func New[V any](opts Options[V]) (*Cache[V], error) {
 	start := time.Now()
@@ -38,40 +36,62 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin, rec: o.Recorder}
 	_, nop := o.Recorder.(NopRecorder)
 	c.recording = !nop
-	c.shared, err = c.newShared()
-	if err != nil {
-		c.closeOwned()
-		return nil, err
-	}
-	_, c.localOnly = c.shared.(noShared)
 	c.local, err = local.New[V](local.Config{MaxCost: o.LocalMaxCost})
 	if err != nil {
-		c.closeOwned()
 		return nil, err
 	}
 	c.closing, c.cancel = context.WithCancel(context.Background())
 	c.kick = make(chan struct{}, 1)
-	if r, ok := c.shared.(*remote.Redis); ok {
-		c.subscribeUntil(r, start.Add(o.Timeout))
+	c.shared, c.localOnly = noShared{}, true
+	if c.sh, c.ownsSh, err = o.sharedConns(); err != nil {
+		c.local.Close()
+		return nil, err
+	}
+	if c.sh != nil {
+		var subs []*invalidation.Sub
+		if err := c.sh.attach(c, func(nodes []*sharedNode) error {
+			r, err := c.newRemote(nodes)
+			if err != nil {
+				return err
+			}
+			c.shared, c.localOnly = r, false
+			for i, sn := range nodes {
+				subs = append(subs, c.followNode(i, sn))
+			}
+			return nil
+		}); err != nil {
+			c.local.Close()
+			if c.ownsSh {
+				c.sh.Close()
+			}
+			return nil, err
+		}
+		c.awaitSubs(subs, start.Add(o.Timeout))
 		c.wg.Add(1)
-		go c.repairLoop(r)
+		go c.repairLoop(c.shared.(*remote.Redis))
 	}
 	c.startRefreshers()
 	return c, nil
 }
 
-// subscribe starts one invalidation subscriber per node and waits up to
-// Options.Timeout for their subscriptions (see subscribeUntil).
-func (c *Cache[V]) subscribe(r *remote.Redis) { c.subscribeUntil(r, time.Now().Add(c.opts.Timeout)) }
-
-// subscribeUntil starts one invalidation subscriber per node. Each node is down (its
-// keys bypass the near-cache) until its subscription is confirmed; New waits for that
-// until deadline, so that a Cache is usually fully warm-able on return.
-func (c *Cache[V]) subscribeUntil(r *remote.Redis, deadline time.Time) {
-	var subs []*invalidation.Subscriber
-	for i := range r.Nodes() {
-		subs = append(subs, c.startSubscriber(r, i))
+// sharedConns returns the connections of o's shared tier: o.Shared, or a Shared of the
+// Cache's own (owned) for Nodes, Client or Addrs, or nil for none.
+func (o Options[V]) sharedConns() (sh *Shared, owned bool, err error) {
+	switch {
+	case o.Shared != nil:
+		return o.Shared, false, nil
+	case len(o.Nodes) == 0 && o.Client == nil && len(o.Addrs) == 0:
+		return nil, false, nil
 	}
+	sh, err = NewShared(SharedOptions{
+		Nodes: o.Nodes, Client: o.Client, Addrs: o.Addrs, RingReplicas: o.RingReplicas,
+		Timeout: o.Timeout, HealthCheck: o.HealthCheck, Logger: o.Logger,
+	})
+	return sh, true, err
+}
+
+// awaitSubs waits until every sub is confirmed, or until deadline.
+func (c *Cache[V]) awaitSubs(subs []*invalidation.Sub, deadline time.Time) {
 	wait := time.Until(deadline)
 	if wait <= 0 {
 		return
@@ -87,69 +107,59 @@ func (c *Cache[V]) subscribeUntil(r *remote.Redis, deadline time.Time) {
 	}
 }
 
-// startSubscriber marks node idx down and starts following its invalidations.
-func (c *Cache[V]) startSubscriber(r *remote.Redis, idx int) *invalidation.Subscriber {
+// follow is a node of the Shared as one Cache follows it: its pub/sub connection
+// (sn) and this Cache's channel on it (sub).
+type follow struct {
+	sn  *sharedNode
+	sub *invalidation.Sub
+}
+
+// followNode marks node idx down and follows its invalidations on sn's connection.
+func (c *Cache[V]) followNode(idx int, sn *sharedNode) *invalidation.Sub {
 	c.local.MarkDown(idx)
-	s := invalidation.Start(invalidation.Config{
-		Node: idx, Name: r.Name(idx), Client: r.Client(idx), Channel: r.Channel(), FillChannel: r.FillChannel(), Origin: c.origin, Handler: busHandler[V]{c},
-		Health: c.opts.HealthCheck, Timeout: c.opts.Timeout, Logger: c.opts.Logger,
+	r := c.shared.(*remote.Redis)
+	sub := sn.sub.Add(invalidation.Topic{
+		Node: idx, Channel: r.Channel(), FillChannel: r.FillChannel(), Origin: c.origin, Handler: busHandler[V]{c},
 	})
 	c.subsMu.Lock()
 	defer c.subsMu.Unlock()
-	for len(c.subs) <= idx {
-		c.subs = append(c.subs, nil)
+	for len(c.follows) <= idx {
+		c.follows = append(c.follows, follow{})
 	}
-	c.subs[idx] = s
-	return s
+	c.follows[idx] = follow{sn: sn, sub: sub}
+	return sub
 }
 
-// newClient returns a client for a node given by address (Options.Addrs, AddNode).
-//
-// Nothing in it may wait on the node longer than Timeout, and a refused connection
-// must fail at once: the Loader is the fallback, so retries only add latency.
-// go-redis's defaults would not: its pool retries a failed dial DialerRetries (5)
-// times, 100 ms apart, so a refused connection cost min(Timeout, 400 ms) per call
-// (the backoff ends only when the call's context does); DialTimeout (5 s) and
-// PoolTimeout (ReadTimeout + 1 s) bound the dials and pool waits that no call's
-// context bounds (the pool's dial probe once PoolSize dials in a row have failed,
-// calls without a deadline).
-func (c *Cache[V]) newClient(addr string) *redis.Client {
-	o := c.opts
-	return redis.NewClient(&redis.Options{
-		Addr:                  addr,
-		ContextTimeoutEnabled: true,
-		MaxRetries:            -1, // no command retries
-		DialerRetries:         1,  // one dial attempt per connection: a refused dial fails at once
-		DialTimeout:           o.Timeout,
-		PoolTimeout:           o.Timeout,
-		ReadTimeout:           o.Timeout,
-		WriteTimeout:          o.Timeout,
-	})
+// followed returns how this Cache follows node idx (zero if it does not).
+func (c *Cache[V]) followed(idx int) follow {
+	c.subsMu.Lock()
+	defer c.subsMu.Unlock()
+	if idx < len(c.follows) {
+		return c.follows[idx]
+	}
+	return follow{}
 }
 
-func (c *Cache[V]) newShared() (sharedTier, error) {
-	o := c.opts
-	var nodes []remote.Node
-	switch {
-	case o.Client != nil:
-		nodes = []remote.Node{{Name: "redis", Client: o.Client}}
-	case len(o.Nodes) > 0:
-		for _, n := range o.Nodes {
-			if n.Client == nil {
-				return nil, fmt.Errorf("tiered: node %q has a nil Client", n.Name)
-			}
-			nodes = append(nodes, remote.Node{Name: n.Name, Client: n.Client})
-		}
-	case len(o.Addrs) > 0:
-		for i, addr := range o.Addrs {
-			cl := c.newClient(addr)
-			c.ownedByNode.Store(i, cl)
-			nodes = append(nodes, remote.Node{Name: addr, Client: cl})
-		}
-	default:
-		return noShared{}, nil
+// unfollow stops following f; its Handler is called no more when it returns.
+func (c *Cache[V]) unfollow(f follow, release bool) {
+	if f.sub == nil {
+		return
 	}
-	cfg := remote.Config{Nodes: nodes, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes,
+	f.sn.sub.Remove(f.sub)
+	if release {
+		c.sh.release(f.sn)
+	}
+}
+
+// newRemote returns the Cache's shared tier over the Shared's member nodes.
+func (c *Cache[V]) newRemote(nodes []*sharedNode) (*remote.Redis, error) {
+	o := c.opts
+	rn := make([]remote.Node, len(nodes))
+	names := make([]string, len(nodes))
+	for i, n := range nodes {
+		rn[i], names[i] = remote.Node{Name: n.name, Client: n.client}, n.name
+	}
+	cfg := remote.Config{Nodes: rn, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes,
 		OnBreaker: func(name string, to gobreaker.State) {
 			state := breakerState(to)
 			if state == BreakerOpen {
@@ -160,12 +170,8 @@ func (c *Cache[V]) newShared() (sharedTier, error) {
 		},
 		OnMissed: func(name string, pending int) { c.rec.RecordMissedWrite(name, pending) },
 	}
-	if o.Client == nil { // a ring, even of one node, so that nodes can be added
-		names := make([]string, len(nodes))
-		for i, n := range nodes {
-			names[i] = n.Name
-		}
-		rg, err := ring.New(names, o.RingReplicas)
+	if c.sh.opts.Client == nil { // a ring, even of one node, so that nodes can be added
+		rg, err := ring.New(names, c.sh.opts.RingReplicas)
 		if err != nil {
 			return nil, fmt.Errorf("tiered: %w", err)
 		}
@@ -183,8 +189,10 @@ func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
 
 // Close stops the Cache: calls made after it return ErrClosed; loads in flight are
 // cancelled and waited for, as are calls in progress; the near-cache's goroutines
-// stop; clients created from Options.Addrs are closed (clients passed in are the
-// caller's). It is idempotent and returns the first call's result.
+// stop; this Cache stops following the nodes' invalidations. A Shared the Cache made
+// for Options.Nodes, Client or Addrs is closed with it (clients passed in are the
+// caller's); Options.Shared is not. It is idempotent and returns the first call's
+// result.
 func (c *Cache[V]) Close() error {
 	c.closeMu.Lock()
 	defer c.closeMu.Unlock()
@@ -196,40 +204,30 @@ func (c *Cache[V]) Close() error {
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
-	c.subsMu.Lock()
-	subs := c.subs
-	c.subsMu.Unlock()
-	for _, s := range subs {
-		if s != nil {
-			s.Cancel()
+	var err error
+	if c.sh != nil {
+		c.sh.detach(c)
+		c.subsMu.Lock()
+		follows := c.follows
+		c.subsMu.Unlock()
+		for _, f := range follows {
+			c.unfollow(f, true)
 		}
-	}
-	c.retire(true)
-	for _, s := range subs {
-		if s != nil {
-			s.Stop()
-		}
+		c.retire(true)
 	}
 	c.local.Close()
-	err := c.closeOwned()
+	if c.ownsSh {
+		err = c.sh.Close()
+	}
 	if r, ok := c.shared.(*remote.Redis); ok {
-		r.Wait() // pipelines that callers gave up on: ended at once on the clients just closed
+		r.Wait() // pipelines that callers gave up on: ended at once if their clients were just closed
 	}
 	c.closeFn = func() error { return err }
 	return err
 }
 
-func (c *Cache[V]) closeOwned() error {
-	var errs []error
-	c.ownedByNode.Range(func(idx, cl any) bool {
-		if err := cl.(io.Closer).Close(); err != nil {
-			errs = append(errs, err)
-		}
-		c.ownedByNode.Delete(idx)
-		return true
-	})
-	return errors.Join(errs...)
-}
+// closeFromShared closes the Cache when its Shared closes.
+func (c *Cache[V]) closeFromShared() { c.Close() }
 
 // enter registers a call that Close must wait for. It reports false after Close.
 func (c *Cache[V]) enter() bool {

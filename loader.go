@@ -136,7 +136,7 @@ func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) 
 	defer c.wg.Done()
 	ctx, cancel := c.loadContext(callerCtx)
 	defer cancel()
-	if !c.hasLoader() {
+	if fl.load == nil && !c.hasLoader() {
 		c.finish(fl, outcome[V]{absent: true}) // nothing to load: absent
 		return
 	}
@@ -154,8 +154,21 @@ func (c *Cache[V]) load(callerCtx context.Context, fl *flight[V], sr shared[V]) 
 		p.token, p.write = ls.token, ls.write
 	}
 	fl.setPhase(phaseLoad)
-	v, err := c.loadKey(ctx, fl.id.key)
+	v, err := c.loadFlight(ctx, fl)
 	c.fillOne(ctx, fl, p, v, err)
+}
+
+// loadFlight loads fl's key with its per-call loader (GetOrLoad), or as loadKey does.
+func (c *Cache[V]) loadFlight(ctx context.Context, fl *flight[V]) (v V, err error) {
+	if fl.load == nil {
+		return c.loadKey(ctx, fl.id.key)
+	}
+	c.stats.loads.Add(1)
+	if c.recording {
+		defer c.recordLoad(1, time.Now(), &err)
+	}
+	defer recoverLoad(&err)
+	return fl.load.Load(ctx, fl.id.key)
 }
 
 // plan is what a load may write to the shared tier once its value is known.
@@ -218,7 +231,7 @@ func (c *Cache[V]) settle(ctx context.Context, fl *flight[V], p plan, v V, err e
 	if c.afterLoad != nil {
 		c.afterLoad(fl.id.key)
 	}
-	f, err := c.frame(fl.id.key, v, absent)
+	f, err := c.frame(fl.id.key, v, absent, fl.ttl)
 	if err != nil {
 		c.stats.loadErrors.Add(1)
 		c.releaseLease(ctx, fl, p)

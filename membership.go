@@ -4,10 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/invalidation"
 	"github.com/tieredcache/tiered/internal/remote"
@@ -31,104 +28,123 @@ type handoff struct {
 	until time.Time
 }
 
-// retired is a removed node's subscription and client, kept through the handoff.
+// retired is a removed node this Cache follows through its handoff.
 type retired struct {
-	idx    int
-	sub    *invalidation.Subscriber
-	client io.Closer // nil if the caller owns it
-	until  time.Time
+	idx   int
+	f     follow
+	until time.Time
 }
 
 // AddNode adds a standalone Redis node to the ring while the Cache serves; about 1/N of
-// the keys move to it. With a nil Client, a client is created for Name as a
-// "host:port" address, checked and dialled as for Options.Addrs, and closed by
-// RemoveNode or Close.
+// the keys move to it. With a nil Client, a client is created for Addr (or for Name
+// as a "host:port" address), checked and dialled as for Options.Addrs, and closed
+// when the node is removed or the connections closed. On Options.Shared, the node
+// joins every Cache on it (Shared.AddNode).
 // The node may hold values from an earlier membership, which no invalidation kept
 // current, so its keys in the namespace are cleared (SCAN + UNLINK) before it serves
 // reads; until then, and while it cannot be reached, its keys are loaded from the
 // source. This process subscribes to its invalidations before routing keys to it,
-// waiting up to Options.Timeout. AddNode needs a ring (Options.Nodes or Options.Addrs).
+// waiting up to Options.Timeout. AddNode needs a ring (Options.Nodes, Addrs, or a
+// Shared of them).
 func (c *Cache[V]) AddNode(ctx context.Context, n Node) error {
-	if n.Name == "" {
-		return errors.New("tiered: AddNode: empty node name")
+	if err := checkNode(n, "AddNode"); err != nil {
+		return err
 	}
-	if n.Client == nil {
-		if err := checkAddr(n.Name); err != nil {
-			return fmt.Errorf("tiered: AddNode: %q (no Client, so an address): %w", redactAddr(n.Name), err)
-		}
+	sh, err := c.ringShared()
+	if err != nil {
+		return err
 	}
+	return sh.AddNode(ctx, n)
+}
+
+// RemoveNode removes the named node from the ring while the Cache serves; its keys
+// move to the other nodes. Its invalidations are still followed, and the handoff
+// deletes of writes still reach it, for Options.TTL; then its client is closed if it
+// was created from an address (a client passed in is the caller's to close, after
+// that or after Close). The last node cannot be removed. On Options.Shared, the node
+// leaves every Cache on it (Shared.RemoveNode).
+func (c *Cache[V]) RemoveNode(ctx context.Context, name string) error {
+	sh, err := c.ringShared()
+	if err != nil {
+		return err
+	}
+	return sh.RemoveNode(ctx, name)
+}
+
+// SetNodes makes the ring's membership nodes while the Cache serves (Shared.SetNodes).
+func (c *Cache[V]) SetNodes(ctx context.Context, nodes []Node) error {
+	sh, err := c.ringShared()
+	if err != nil {
+		return err
+	}
+	return sh.SetNodes(ctx, nodes)
+}
+
+// Members returns the nodes on the ring now (Shared.Members); nil without a ring.
+func (c *Cache[V]) Members() []Node {
+	if c.sh == nil || c.ring == nil {
+		return nil
+	}
+	return c.sh.Members()
+}
+
+func (c *Cache[V]) ringShared() (*Shared, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	if c.sh == nil || c.ring == nil {
+		return nil, errors.New("tiered: membership changes need a ring of standalone nodes (Options.Nodes, Addrs or Shared)")
+	}
+	return c.sh, nil
+}
+
+// joinNode adds sn to this Cache's ring (Shared.AddNode, under the Shared's lock).
+func (c *Cache[V]) joinNode(ctx context.Context, sn *sharedNode) error {
 	if !c.enter() {
 		return ErrClosed
 	}
 	defer c.wg.Done()
-	r, err := c.ringed()
+	r := c.shared.(*remote.Redis)
+	idx, err := r.AddNode(remote.Node{Name: sn.name, Client: sn.client})
 	if err != nil {
-		return err
-	}
-	c.memberMu.Lock()
-	defer c.memberMu.Unlock()
-	if _, ok := c.ring.Index(n.Name); ok {
-		return fmt.Errorf("tiered: AddNode: %q is already a member", n.Name)
-	}
-	var client redis.UniversalClient = n.Client
-	var owned io.Closer
-	if n.Client == nil {
-		cl := c.newClient(n.Name)
-		client, owned = cl, cl
-	}
-	idx, err := r.AddNode(remote.Node{Name: n.Name, Client: client})
-	if err != nil {
-		if owned != nil {
-			owned.Close()
-		}
 		return fmt.Errorf("tiered: AddNode: %w", err)
-	}
-	if owned != nil {
-		c.ownedByNode.Store(idx, owned)
 	}
 	r.MarkDirty(idx)
-	sub := c.startSubscriber(r, idx)
-	wait := time.NewTimer(c.opts.Timeout)
-	select {
-	case <-sub.Ready():
-	case <-wait.C:
-	case <-ctx.Done():
-	}
-	wait.Stop()
+	c.awaitSub(ctx, c.followNode(idx, sn))
 	c.replay(r, idx)
 	prev := c.ring.Clone()
-	if err := c.ring.Add(n.Name); err != nil { // cannot fail: the name was checked under memberMu
+	if err := c.ring.Add(sn.name); err != nil { // cannot fail: the Shared checked the name
 		return fmt.Errorf("tiered: AddNode: %w", err)
 	}
-	if got, _ := c.ring.Index(n.Name); got != idx { // both append under memberMu: cannot differ
-		return fmt.Errorf("tiered: AddNode: ring index %d and node index %d of %q differ", got, idx, n.Name)
+	if got, _ := c.ring.Index(sn.name); got != idx { // both append under the Shared's lock: cannot differ
+		return fmt.Errorf("tiered: AddNode: ring index %d and node index %d of %q differ", got, idx, sn.name)
 	}
 	c.handoff.Store(&handoff{prev: prev, until: time.Now().Add(c.opts.TTL)})
 	c.stats.nodesAdded.Add(1)
 	return nil
 }
 
-// RemoveNode removes the named node from the ring while the Cache serves; its keys
-// move to the other nodes. Its invalidations are still followed, and the handoff
-// deletes of writes still reach it, for Options.TTL; then its subscription ends and a
-// client created by AddNode or from Options.Addrs is closed (a client passed in is
-// the caller's to close, after that or after Close). The last node cannot be removed.
-func (c *Cache[V]) RemoveNode(ctx context.Context, name string) error {
+// awaitSub waits for sub's confirmation, at most Options.Timeout or until ctx ends.
+func (c *Cache[V]) awaitSub(ctx context.Context, sub *invalidation.Sub) {
+	wait := time.NewTimer(c.opts.Timeout)
+	defer wait.Stop()
+	select {
+	case <-sub.Ready():
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+}
+
+// leaveNode removes the named node from this Cache's ring (Shared.RemoveNode, under
+// the Shared's lock); it is followed until its handoff ends.
+func (c *Cache[V]) leaveNode(name string) error {
 	if !c.enter() {
 		return ErrClosed
 	}
 	defer c.wg.Done()
-	if _, err := c.ringed(); err != nil {
-		return err
-	}
-	c.memberMu.Lock()
-	defer c.memberMu.Unlock()
 	idx, ok := c.ring.Index(name)
 	if !ok {
 		return fmt.Errorf("tiered: RemoveNode: %q is not a member", name)
-	}
-	if len(c.ring.Nodes()) == 1 {
-		return fmt.Errorf("tiered: RemoveNode: %q is the last node", name)
 	}
 	prev := c.ring.Clone()
 	if err := c.ring.Remove(name); err != nil {
@@ -136,27 +152,36 @@ func (c *Cache[V]) RemoveNode(ctx context.Context, name string) error {
 	}
 	until := time.Now().Add(c.opts.TTL)
 	c.handoff.Store(&handoff{prev: prev, until: until})
-	c.subsMu.Lock()
-	sub := c.subs[idx]
-	c.subsMu.Unlock()
-	var owned io.Closer
-	if cl, ok := c.ownedByNode.LoadAndDelete(idx); ok {
-		owned = cl.(io.Closer)
-	}
 	c.retiredMu.Lock()
-	c.retired = append(c.retired, retired{idx: idx, sub: sub, client: owned, until: until})
+	c.retired = append(c.retired, retired{idx: idx, f: c.followed(idx), until: until})
 	c.retiredMu.Unlock()
 	c.stats.nodesRemoved.Add(1)
 	return nil
 }
 
-// ringed returns the shared tier if the Cache has a ring whose membership can change.
-func (c *Cache[V]) ringed() (*remote.Redis, error) {
-	r, ok := c.shared.(*remote.Redis)
-	if !ok || c.ring == nil {
-		return nil, errors.New("tiered: membership changes need a ring of standalone nodes (Options.Nodes or Options.Addrs)")
+// moveNode makes the node old's name reach Redis at sn from now on, under the same
+// ring position (Shared.SetNodes, under the Shared's lock). The new address may hold
+// anything: its keys in the namespace are cleared before they are read, and the
+// node's near-cache entries are flushed when sn's subscription is confirmed.
+func (c *Cache[V]) moveNode(ctx context.Context, old, sn *sharedNode) error {
+	if !c.enter() {
+		return ErrClosed
 	}
-	return r, nil
+	defer c.wg.Done()
+	idx, ok := c.ring.Index(sn.name)
+	if !ok {
+		return fmt.Errorf("tiered: SetNodes: %q is not a member", sn.name)
+	}
+	r := c.shared.(*remote.Redis)
+	prev := c.followed(idx)
+	if err := r.Replace(idx, remote.Node{Name: sn.name, Client: sn.client}); err != nil {
+		return fmt.Errorf("tiered: SetNodes: %w", err)
+	}
+	sub := c.followNode(idx, sn) // marks the node down: no near hit until sn confirms
+	c.unfollow(prev, false)      // the Shared releases old
+	c.awaitSub(ctx, sub)
+	c.replay(r, idx)
+	return nil
 }
 
 // handoffOwner returns the node that owned key before the last membership change,

@@ -48,7 +48,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tieredcache/tiered/internal/redistest"
-	"github.com/tieredcache/tiered/internal/remote"
 )
 
 // staleBound (Δ) is how long after a write is acknowledged a read that starts later
@@ -215,9 +214,9 @@ func child(role string) (err error) {
 	// and the test would not exercise it. New waits up to Timeout; wait longer here.
 	deadline := time.NewTimer(30 * time.Second)
 	defer deadline.Stop()
-	for i, s := range c.subs {
+	for i, f := range c.follows {
 		select {
-		case <-s.Ready():
+		case <-f.sub.Ready():
 		case <-deadline.C:
 			return fmt.Errorf("node %d's invalidation subscription not confirmed after 30 s", i)
 		}
@@ -357,14 +356,14 @@ const blindOrigin = "negative-control"
 // else changes: Set, Delete, the fencing and the near-cache's LocalTTL are the
 // library's own, and gaps and new epochs would still flush.
 func blindToOthers(c *Cache[string]) {
-	var wg sync.WaitGroup
-	for _, s := range c.subs {
-		wg.Go(s.Stop) // in parallel: each may wait for a read to time out
-	}
-	wg.Wait()
-	c.subs = nil
+	c.subsMu.Lock()
+	follows := c.follows
+	c.subsMu.Unlock()
 	c.origin = blindOrigin
-	c.subscribe(c.shared.(*remote.Redis))
+	for idx, f := range follows {
+		c.unfollow(f, false)
+		c.followNode(idx, f.sn)
+	}
 }
 
 // mpConfig sizes one run of the harness.

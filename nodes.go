@@ -5,7 +5,6 @@ import (
 
 	"github.com/sony/gobreaker/v2"
 
-	"github.com/tieredcache/tiered/internal/invalidation"
 	"github.com/tieredcache/tiered/internal/remote"
 )
 
@@ -51,16 +50,10 @@ func (c *Cache[V]) Nodes() []NodeStatus {
 	if !ok || c.closed.Load() {
 		return nil
 	}
-	c.subsMu.Lock()
-	subs := append([]*invalidation.Subscriber(nil), c.subs...)
-	c.subsMu.Unlock()
 	var out []NodeStatus
 	for idx := range r.Nodes() {
 		member := c.isMember(idx)
-		var sub *invalidation.Subscriber
-		if idx < len(subs) {
-			sub = subs[idx]
-		}
+		sub := c.followed(idx).sub
 		if !member && !c.isRetiring(idx) {
 			continue
 		}

@@ -17,8 +17,12 @@ import (
 // not the address, places the node on the ring: keep names stable across restarts and
 // address changes so keys keep their owners.
 type Node struct {
-	Name   string
-	Client *redis.Client // its Options must have ContextTimeoutEnabled set
+	Name string
+	// Client reaches the node; its Options must have ContextTimeoutEnabled set. If
+	// nil, the Cache (or Shared) creates one for Addr, as for Options.Addrs, or for
+	// Name as an address if Addr is empty too, and closes it.
+	Client *redis.Client
+	Addr   string
 }
 
 // Options configures a Cache. The zero value of every field selects the default named
@@ -55,6 +59,13 @@ type Options[V any] struct {
 	Nodes  []Node
 	Client redis.UniversalClient
 	Addrs  []string
+
+	// Shared, instead of Nodes, Client or Addrs, puts the Cache on connections that
+	// other Caches of the process use too (see Shared): one pool and one pub/sub
+	// connection per node however many Caches. The Shared's ring, Timeout and
+	// HealthCheck apply: RingReplicas must be 0, and Timeout and HealthCheck 0 or the
+	// Shared's.
+	Shared *Shared
 
 	// RingReplicas is the number of virtual points per node on the ring. Default
 	// ring.DefaultReplicas, which keeps the busiest node within 10% of the mean.
@@ -156,23 +167,25 @@ type Options[V any] struct {
 // first invalid field.
 func (o Options[V]) withDefaults() (Options[V], error) {
 	shared := 0
-	for _, set := range []bool{len(o.Nodes) > 0, o.Client != nil, len(o.Addrs) > 0} {
+	for _, set := range []bool{len(o.Nodes) > 0, o.Client != nil, len(o.Addrs) > 0, o.Shared != nil} {
 		if set {
 			shared++
 		}
 	}
 	if shared > 1 {
-		return o, errors.New("tiered: set at most one of Options.Nodes, Options.Client and Options.Addrs")
+		return o, errors.New("tiered: set at most one of Options.Nodes, Options.Client, Options.Addrs and Options.Shared")
 	}
-	seen := make(map[string]int, len(o.Addrs))
-	for i, addr := range o.Addrs {
-		if err := checkAddr(addr); err != nil {
-			return o, fmt.Errorf("tiered: Options.Addrs[%d] %q: %w", i, redactAddr(addr), err)
+	if err := checkAddrs(o.Addrs, "Options.Addrs"); err != nil {
+		return o, err
+	}
+	if sh := o.Shared; sh != nil {
+		switch {
+		case o.RingReplicas != 0:
+			return o, errors.New("tiered: Options.RingReplicas is the Shared's (SharedOptions.RingReplicas): leave it 0")
+		case o.Timeout != 0 && o.Timeout != sh.opts.Timeout, o.HealthCheck != 0 && o.HealthCheck != sh.opts.HealthCheck:
+			return o, errors.New("tiered: Options.Timeout and HealthCheck are the Shared's (SharedOptions): leave them 0")
 		}
-		if j, dup := seen[addr]; dup {
-			return o, fmt.Errorf("tiered: Options.Addrs[%d] %q: duplicate of Options.Addrs[%d]", i, addr, j)
-		}
-		seen[addr] = i
+		o.Timeout, o.HealthCheck = sh.opts.Timeout, sh.opts.HealthCheck
 	}
 	setDefault(&o.Namespace, "tiered")
 	setDefault(&o.TTL, 10*time.Minute)
@@ -215,6 +228,22 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 		return o, errors.New("tiered: sizes and limits must not be negative")
 	}
 	return o, nil
+}
+
+// checkAddrs checks every address of addrs (field names them in errors), and that no
+// two are alike.
+func checkAddrs(addrs []string, field string) error {
+	seen := make(map[string]int, len(addrs))
+	for i, addr := range addrs {
+		if err := checkAddr(addr); err != nil {
+			return fmt.Errorf("tiered: %s[%d] %q: %w", field, i, redactAddr(addr), err)
+		}
+		if j, dup := seen[addr]; dup {
+			return fmt.Errorf("tiered: %s[%d] %q: duplicate of %s[%d]", field, i, addr, field, j)
+		}
+		seen[addr] = i
+	}
+	return nil
 }
 
 // checkAddr reports why addr is not a "host:port" address that a client created by

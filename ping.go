@@ -8,7 +8,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/tieredcache/tiered/internal/invalidation"
 	"github.com/tieredcache/tiered/internal/remote"
 )
 
@@ -80,12 +79,7 @@ func (c *Cache[V]) pingNode(ctx context.Context, r *remote.Redis, idx int) error
 // subscribed reports whether node idx's invalidation subscription has been confirmed
 // and is up now (not lost since: see busHandler.Down).
 func (c *Cache[V]) subscribed(idx int) bool {
-	c.subsMu.Lock()
-	var s *invalidation.Subscriber
-	if idx < len(c.subs) {
-		s = c.subs[idx]
-	}
-	c.subsMu.Unlock()
+	s := c.followed(idx).sub
 	if s == nil {
 		return false
 	}

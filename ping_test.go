@@ -183,14 +183,13 @@ func TestRefusedConnectionFailsFast(t *testing.T) {
 
 	// The clients the Cache made: nothing in them waits longer than Timeout, and
 	// a dial is tried once.
-	c.ownedByNode.Range(func(_, cl any) bool {
-		opt := cl.(*redis.Client).Options()
+	for _, n := range c.sh.nodes {
+		opt := n.owned.(*redis.Client).Options()
 		if opt.DialerRetries != 1 || opt.DialTimeout > o.Timeout || opt.PoolTimeout > o.Timeout {
 			t.Errorf("client for %s: DialerRetries %d, DialTimeout %v, PoolTimeout %v; want 1 and at most Timeout (%v)",
 				opt.Addr, opt.DialerRetries, opt.DialTimeout, opt.PoolTimeout, o.Timeout)
 		}
-		return true
-	})
+	}
 
 	// Keys owned by the stopped node: the first calls dial (before the breaker
 	// opens), and each is refused.

@@ -80,11 +80,6 @@ func (c *Cache[V]) retire(all bool) {
 	c.retired = keep
 	c.retiredMu.Unlock()
 	for _, rt := range done {
-		if rt.sub != nil {
-			rt.sub.Stop()
-		}
-		if rt.client != nil {
-			rt.client.Close()
-		}
+		c.unfollow(rt.f, true)
 	}
 }

@@ -2,6 +2,7 @@ package tiered
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,15 +46,15 @@ type Cache[V any] struct {
 
 	// Membership (membership.go). ring is nil unless the shared tier is a ring of
 	// standalone nodes (Options.Nodes or Options.Addrs).
-	ring        *ring.Ring
-	memberMu    sync.Mutex                 // serialises AddNode and RemoveNode
-	handoff     atomic.Pointer[handoff]    // the membership before the last change
-	ownedByNode sync.Map                   // node index -> io.Closer: clients the Cache created
-	subsMu      sync.Mutex                 // protects subs
-	subs        []*invalidation.Subscriber // by node index
-	retiredMu   sync.Mutex                 // protects retired
-	retired     []retired                  // removed nodes in their handoff
-	kick        chan struct{}              // wakes the repair loop
+	sh        *Shared // the connections (nil without a shared tier)
+	ownsSh    bool    // sh was made for this Cache: Close closes it
+	ring      *ring.Ring
+	handoff   atomic.Pointer[handoff] // the membership before the last change
+	subsMu    sync.Mutex              // protects follows
+	follows   []follow                // by node index
+	retiredMu sync.Mutex              // protects retired
+	retired   []retired               // removed nodes in their handoff
+	kick      chan struct{}           // wakes the repair loop
 
 	closed  atomic.Bool
 	mu      sync.RWMutex       // orders enter's wg.Add before Close's wg.Wait
@@ -81,7 +82,40 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 		}
 		return v, nil
 	}
-	return c.get(ctx, h, key)
+	return c.get(ctx, h, key, perCall[V]{})
+}
+
+// GetOrLoad is Get with a loader and a TTL of the call's own, for keys that the
+// Cache's Loader and TTL do not fit: on a miss in both tiers it loads key with load,
+// instead of Options.Loader, and stores the value in the shared tier for ttl (0:
+// Options.TTL), in the near-cache for at most min(LocalTTL, ttl). Everything else is
+// Get's: one flight per key (a Get or GetOrLoad of key arriving during the load
+// receives its value, whichever loader started it), the lease across processes,
+// fencing, negative caching for NegativeTTL. Refresh-ahead, if on, reloads with
+// Options.Loader only. A near-cache hit costs what Get's does.
+func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, ttl time.Duration, load LoaderFunc[V]) (V, error) {
+	if load == nil || ttl < 0 {
+		var zero V
+		return zero, fmt.Errorf("tiered: GetOrLoad %q: a nil loader or a negative TTL", key)
+	}
+	h := c.local.Hash(key)
+	if v, absent, ok, refresh := c.local.Lookup(h, key); ok {
+		c.stats.localHit(h)
+		if refresh {
+			c.scheduleRefresh(key)
+		}
+		if absent {
+			return v, ErrNotFound
+		}
+		return v, nil
+	}
+	return c.get(ctx, h, key, perCall[V]{load: load, ttl: ttl})
+}
+
+// perCall is a GetOrLoad's loader and TTL (zero for Get).
+type perCall[V any] struct {
+	load Loader[V]
+	ttl  time.Duration
 }
 
 // shared is the outcome of a shared-tier read.
@@ -96,7 +130,7 @@ type shared[V any] struct {
 
 // get is Get after a near-cache miss: it joins key's flight, or starts and leads it
 // (flight.go).
-func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
+func (c *Cache[V]) get(ctx context.Context, h uint64, key string, pc perCall[V]) (V, error) {
 	var zero V
 	if err := c.checkKey(key); err != nil {
 		return zero, err
@@ -111,20 +145,21 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string) (V, error) {
 	c.stats.localMisses.Add(1)
 	if c.recording {
 		start := time.Now()
-		v, o, err := c.getMissed(ctx, h, key)
+		v, o, err := c.getMissed(ctx, h, key, pc)
 		c.rec.RecordGet(o.tier, time.Since(start), err)
 		return v, err
 	}
-	v, _, err := c.getMissed(ctx, h, key)
+	v, _, err := c.getMissed(ctx, h, key, pc)
 	return v, err
 }
 
 // getMissed is get once the call is counted: it returns the flight's outcome too.
-func (c *Cache[V]) getMissed(ctx context.Context, h uint64, key string) (V, outcome[V], error) {
+func (c *Cache[V]) getMissed(ctx context.Context, h uint64, key string, pc perCall[V]) (V, outcome[V], error) {
 	var zero V
 	for {
 		fl, lead := c.begin(key, h, nil)
 		if lead {
+			fl.load, fl.ttl = pc.load, pc.ttl
 			// Phase read runs inline in the leader, bounded by Options.Timeout
 			// (which also bounds how long a leader whose ctx ends stays in it);
 			// callers arriving meanwhile join the flight and wait for it.
@@ -161,7 +196,7 @@ func (c *Cache[V]) readShared(ctx context.Context, fl *flight[V]) shared[V] {
 	var err error
 	var sr shared[V]
 	var ttl time.Duration
-	if c.hasLoader() {
+	if fl.load != nil || c.hasLoader() {
 		token := remote.NewToken()
 		var state remote.LeaseState
 		b, state, err = c.shared.Lease(ctx, fl.node, fl.id.key, token, c.opts.LeaseTTL)

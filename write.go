@@ -94,21 +94,22 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 		return fmt.Errorf("tiered: delete: %w", err)
 	}
 	if !c.localOnly {
-		c.stats.invalidationsSent.Add(1)
-		if c.recording {
-			c.recordSent(items)
-		}
+		c.sent(items)
 	}
 	return nil
 }
 
-// recordSent reports the invalidations a Delete of items published, one per node.
-func (c *Cache[V]) recordSent(items []remote.Item) {
-	perNode := make(map[int]int)
+// sent counts the invalidations a Delete of items published, one per node, and
+// reports them to the Recorder.
+func (c *Cache[V]) sent(items []remote.Item) {
+	perNode := make(map[int]int, 1)
 	for _, it := range items {
 		perNode[it.Node]++
 	}
-	for node, keys := range perNode {
-		c.rec.RecordInvalidationSent(c.shared.Name(node), keys)
+	c.stats.invalidationsSent.Add(uint64(len(perNode)))
+	if c.recording {
+		for node, keys := range perNode {
+			c.rec.RecordInvalidationSent(c.shared.Name(node), keys)
+		}
 	}
 }

@@ -55,86 +55,199 @@ type Handler interface {
 	Filled(node int, key string)
 }
 
-// Config configures a Subscriber.
+// Config configures a Subscriber: one pub/sub connection to one node, shared by
+// every Topic followed on that node.
 type Config struct {
-	Node    int                   // passed to the Handler
-	Name    string                // the node's name, in log lines
-	Client  redis.UniversalClient // the node's client
-	Channel string
-	// FillChannel, if set, is also followed: its messages are keys whose waited-for
-	// lease ended (see Handler.Filled). They carry no sequence number and change
-	// no value, so losing one costs a waiter only its fallback poll.
-	FillChannel string
-	Origin      string // this cache's id: its own messages are not Invalidated
-	Handler     Handler
-	// Health is how long the subscription may stay silent before it is pinged;
-	// a ping unanswered within Timeout means the link is lost.
+	Name   string                // the node's name, in log lines
+	Client redis.UniversalClient // the node's client
+	// Health is how long the connection may stay silent before it is pinged; a
+	// ping unanswered within Timeout means the link is lost.
 	Health  time.Duration
 	Timeout time.Duration
 	Logger  *slog.Logger
 }
 
-// Subscriber follows one node's invalidation channel.
-type Subscriber struct {
-	cfg    Config
-	cancel context.CancelFunc
-	done   chan struct{} // closed when run returns
-	ready  chan struct{} // closed at the first confirmed subscription
-	once   sync.Once     // closes ready
+// Topic is what one cache follows on a node: its invalidation channel, and the
+// handler of what arrives there.
+type Topic struct {
+	Node    int // passed to the Handler: the node's index in that cache
+	Channel string
+	// FillChannel, if set, is also followed: its messages are keys whose waited-for
+	// lease ended (see Handler.Filled). They carry no sequence number and change
+	// no value, so losing one costs a waiter only its fallback poll.
+	FillChannel string
+	Origin      string // the cache's id: its own messages are not Invalidated
+	Handler     Handler
+}
 
-	mu sync.Mutex    // protects ps
-	ps *redis.PubSub // the current session's, closed by Stop to end a blocked read
+// Sub is a Topic that a Subscriber follows (Subscriber.Add).
+type Sub struct {
+	t     Topic
+	ready chan struct{} // closed at the first confirmed subscription
+	once  sync.Once     // closes ready
 
-	// Owned by the run goroutine.
+	// Owned by the Subscriber's goroutine.
 	epoch string
 	seq   uint64
 
-	// What Status reports, written by the run goroutine.
+	// What Status reports, written by the Subscriber's goroutine.
 	up        atomic.Bool
-	since     atomic.Int64           // when up last changed (or Start), in Unix nanoseconds
+	since     atomic.Int64           // when up last changed (or Add), in Unix nanoseconds
 	lastSeq   atomic.Uint64          // the last message's sequence number
 	lastEpoch atomic.Pointer[string] // the last message's epoch
 }
 
-// Status is a Subscriber's state.
+// Ready is closed once the Topic's first subscription is confirmed.
+func (b *Sub) Ready() <-chan struct{} { return b.ready }
+
+// Status is a Topic's state on its node.
 type Status struct {
 	Up    bool      // the subscription is confirmed
-	Since time.Time // when Up last changed, or the Subscriber started
+	Since time.Time // when Up last changed, or the Topic was added
 	Epoch string    // the node epoch of the last message received ("" before the first)
 	Seq   uint64    // its sequence number
 }
 
-// Status returns the Subscriber's state now.
-func (s *Subscriber) Status() Status {
-	st := Status{Up: s.up.Load(), Since: time.Unix(0, s.since.Load()), Seq: s.lastSeq.Load()}
-	if e := s.lastEpoch.Load(); e != nil {
+// Status returns the Topic's state now.
+func (b *Sub) Status() Status {
+	st := Status{Up: b.up.Load(), Since: time.Unix(0, b.since.Load()), Seq: b.lastSeq.Load()}
+	if e := b.lastEpoch.Load(); e != nil {
 		st.Epoch = *e
 	}
 	return st
 }
 
-func (s *Subscriber) setUp(up bool) {
-	if s.up.Swap(up) != up {
-		s.since.Store(time.Now().UnixNano())
+func (b *Sub) setUp(up bool) {
+	if b.up.Swap(up) != up {
+		b.since.Store(time.Now().UnixNano())
 	}
+}
+
+func (b *Sub) channels() []string {
+	if b.t.FillChannel == "" {
+		return []string{b.t.Channel}
+	}
+	return []string{b.t.Channel, b.t.FillChannel}
+}
+
+// route is where a channel's messages go.
+type route struct {
+	sub  *Sub
+	fill bool // the Topic's FillChannel
+}
+
+// Subscriber follows the Topics added to it on one node, over one pub/sub connection.
+type Subscriber struct {
+	cfg    Config
+	cancel context.CancelFunc
+	done   chan struct{} // closed when run returns
+
+	mu     sync.Mutex    // protects ps and subs, and orders route updates
+	ps     *redis.PubSub // the current session's, closed by Cancel to end a blocked read
+	subs   []*Sub
+	routes atomic.Pointer[map[string]route] // channel -> route; replaced whole under mu
+	added  chan struct{}                    // wakes run, idle while no Topic is followed
+	calls  sync.WaitGroup                   // (un)subscriptions sent on a live session, in goroutines
+
+	// dispatch is held (read) while a message is handed to a Handler, so that
+	// Remove can wait until its Handler is called no more.
+	dispatch sync.RWMutex
 }
 
 // Start starts a Subscriber's goroutine; Stop ends it.
 func Start(cfg Config) *Subscriber {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Subscriber{cfg: cfg, cancel: cancel, done: make(chan struct{}), ready: make(chan struct{})}
-	s.since.Store(time.Now().UnixNano())
+	s := &Subscriber{cfg: cfg, cancel: cancel, done: make(chan struct{}), added: make(chan struct{}, 1)}
+	s.routes.Store(&map[string]route{})
 	go s.run(ctx)
 	return s
 }
 
-// Ready is closed once the first subscription is confirmed.
-func (s *Subscriber) Ready() <-chan struct{} { return s.ready }
+// Add follows t on the node, at once if the connection is up (else at the next
+// session). t's Handler is Down until the subscription of t.Channel is confirmed.
+func (s *Subscriber) Add(t Topic) *Sub {
+	b := &Sub{t: t, ready: make(chan struct{})}
+	b.since.Store(time.Now().UnixNano())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subs = append(s.subs, b)
+	s.rebuildLocked()
+	// On a live session, subscribe in a goroutine: the call must not wait on the
+	// node (a dial, a hung node). A failure breaks the connection, whose next
+	// session subscribes every Topic; a hung node is found by the health check.
+	s.sendLocked(func(ctx context.Context, ps *redis.PubSub) error { return ps.Subscribe(ctx, b.channels()...) })
+	select {
+	case s.added <- struct{}{}:
+	default:
+	}
+	return b
+}
+
+// sendLocked runs call on the live session's PubSub, if any, in a goroutine bounded
+// by Timeout.
+func (s *Subscriber) sendLocked(call func(context.Context, *redis.PubSub) error) {
+	if s.ps == nil {
+		return
+	}
+	ps := s.ps
+	s.calls.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+		defer cancel()
+		_ = call(ctx, ps)
+	})
+}
+
+// Remove stops following b; when it returns, b's Handler is called no more.
+func (s *Subscriber) Remove(b *Sub) {
+	s.mu.Lock()
+	for i, x := range s.subs {
+		if x == b {
+			s.subs = append(s.subs[:i:i], s.subs[i+1:]...)
+			break
+		}
+	}
+	s.rebuildLocked()
+	// Best effort: its messages are routed nowhere now.
+	s.sendLocked(func(ctx context.Context, ps *redis.PubSub) error { return ps.Unsubscribe(ctx, b.channels()...) })
+	s.mu.Unlock()
+	s.dispatch.Lock() // wait out a dispatch that found b before the routes changed
+	s.dispatch.Unlock()
+}
+
+// Len returns the number of Topics followed.
+func (s *Subscriber) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.subs)
+}
+
+func (s *Subscriber) rebuildLocked() {
+	m := make(map[string]route, 2*len(s.subs))
+	for _, b := range s.subs {
+		m[b.t.Channel] = route{sub: b}
+		if b.t.FillChannel != "" {
+			m[b.t.FillChannel] = route{sub: b, fill: true}
+		}
+	}
+	s.routes.Store(&m)
+}
+
+func (s *Subscriber) snapshot() ([]*Sub, []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	subs := append([]*Sub(nil), s.subs...)
+	var channels []string
+	for _, b := range subs {
+		channels = append(channels, b.channels()...)
+	}
+	return subs, channels
+}
 
 // Stop ends the Subscriber and waits for its goroutine. Idempotent.
 func (s *Subscriber) Stop() {
 	s.Cancel()
 	<-s.done
+	s.calls.Wait()
 }
 
 // Cancel asks the Subscriber to end without waiting for it: Stop several Subscribers
@@ -152,14 +265,30 @@ func (s *Subscriber) run(ctx context.Context) {
 	defer close(s.done)
 	backoff := 10 * time.Millisecond
 	for ctx.Err() == nil {
+		if s.Len() == 0 { // nothing to follow: no connection until there is
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.added:
+			}
+			continue
+		}
 		if s.session(ctx) {
 			backoff = 10 * time.Millisecond // it was up: retry at once-ish
 		}
-		s.setUp(false)
-		if ctx.Err() != nil {
-			return // stopped: not a lost subscription
+		subs, _ := s.snapshot()
+		stopped := ctx.Err() != nil
+		s.dispatch.RLock()
+		for _, b := range subs {
+			b.setUp(false)
+			if !stopped { // stopped: not a lost subscription
+				b.t.Handler.Down(b.t.Node)
+			}
 		}
-		s.cfg.Handler.Down(s.cfg.Node)
+		s.dispatch.RUnlock()
+		if stopped {
+			return
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
@@ -172,7 +301,7 @@ func (s *Subscriber) run(ctx context.Context) {
 }
 
 // session subscribes on a fresh PubSub and follows it until it fails or ctx ends.
-// It reports whether the subscription was confirmed.
+// It reports whether a subscription was confirmed.
 func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 	ps := s.cfg.Client.Subscribe(ctx)
 	s.mu.Lock()
@@ -187,16 +316,16 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 	if ctx.Err() != nil { // Cancel ran before s.ps was set
 		return false
 	}
-	sctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	channels := []string{s.cfg.Channel}
-	if s.cfg.FillChannel != "" {
-		channels = append(channels, s.cfg.FillChannel)
-	}
-	err := ps.Subscribe(sctx, channels...)
-	cancel()
-	if err != nil {
-		s.logf("invalidation: subscribe failed", err)
-		return false
+	// Topics added from here on subscribe themselves on ps; subscribing one twice
+	// only confirms it twice.
+	if _, channels := s.snapshot(); len(channels) > 0 {
+		sctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		err := ps.Subscribe(sctx, channels...)
+		cancel()
+		if err != nil {
+			s.logf("invalidation: subscribe failed", err)
+			return false
+		}
 	}
 	awaitingPong := false
 	for {
@@ -226,61 +355,71 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 		case *redis.Subscription:
 			// The first confirmation, or go-redis re-subscribing by itself after a
 			// reconnect: messages in between may be lost either way.
-			if m.Kind == "subscribe" && m.Channel == s.cfg.Channel {
-				s.epoch, s.seq = "", 0
-				s.cfg.Handler.Up(s.cfg.Node)
-				s.setUp(true)
-				wasUp = true
-				s.once.Do(func() { close(s.ready) })
+			if m.Kind == "subscribe" {
+				s.dispatch.RLock()
+				if r, ok := (*s.routes.Load())[m.Channel]; ok && !r.fill {
+					b := r.sub
+					b.epoch, b.seq = "", 0
+					b.t.Handler.Up(b.t.Node)
+					b.setUp(true)
+					b.once.Do(func() { close(b.ready) })
+					wasUp = true
+				}
+				s.dispatch.RUnlock()
 			}
 		case *redis.Pong:
 			awaitingPong = false
 		case *redis.Message:
 			awaitingPong = false
-			if m.Channel == s.cfg.FillChannel {
-				s.cfg.Handler.Filled(s.cfg.Node, m.Payload)
-				continue
+			s.dispatch.RLock()
+			if r, ok := (*s.routes.Load())[m.Channel]; ok {
+				if r.fill {
+					r.sub.t.Handler.Filled(r.sub.t.Node, m.Payload)
+				} else {
+					s.handle(r.sub, m.Payload)
+				}
 			}
-			s.handle(m.Payload)
+			s.dispatch.RUnlock()
 		}
 	}
 }
 
-func (s *Subscriber) handle(payload string) {
+func (s *Subscriber) handle(b *Sub, payload string) {
+	h, node := b.t.Handler, b.t.Node
 	m, err := Parse(payload)
 	if err != nil {
 		// Not ours, or corrupt: the key is unknown, so the node's entries are.
 		s.logf("invalidation: malformed message; flushing the node", err)
-		s.cfg.Handler.Flush(s.cfg.Node, CauseGap)
+		h.Flush(node, CauseGap)
 		return
 	}
 	switch {
 	case m.Seq == 0:
 		// Untracked (a Redis Cluster publishes without a sequence).
-	case s.epoch == "":
+	case b.epoch == "":
 		// The first message since subscribing sets the baseline; Up flushed.
-	case m.Epoch != s.epoch:
-		s.cfg.Handler.Flush(s.cfg.Node, CauseEpoch)
-	case m.Seq != s.seq+1:
-		s.cfg.Handler.Flush(s.cfg.Node, CauseGap)
+	case m.Epoch != b.epoch:
+		h.Flush(node, CauseEpoch)
+	case m.Seq != b.seq+1:
+		h.Flush(node, CauseGap)
 	}
-	if m.Epoch != s.epoch {
+	if m.Epoch != b.epoch {
 		e := m.Epoch // allocated only when the epoch changes
-		s.lastEpoch.Store(&e)
+		b.lastEpoch.Store(&e)
 	}
-	s.epoch, s.seq = m.Epoch, m.Seq
-	s.lastSeq.Store(m.Seq)
+	b.epoch, b.seq = m.Epoch, m.Seq
+	b.lastSeq.Store(m.Seq)
 	if len(m.Keys) == 0 {
-		s.cfg.Handler.Flush(s.cfg.Node, CauseCleared) // every process, the sender's too
+		h.Flush(node, CauseCleared) // every process, the sender's too
 		return
 	}
-	if m.Origin != s.cfg.Origin {
-		s.cfg.Handler.Invalidate(s.cfg.Node, &m)
+	if m.Origin != b.t.Origin {
+		h.Invalidate(node, &m)
 	}
 }
 
 func (s *Subscriber) logf(msg string, err error) {
 	if s.cfg.Logger != nil {
-		s.cfg.Logger.Warn(msg, "channel", s.cfg.Channel, "node", s.cfg.Name, "err", err)
+		s.cfg.Logger.Warn(msg, "node", s.cfg.Name, "err", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,13 +57,11 @@ func TestSubscriber(t *testing.T) {
 	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
 	defer cl.Close()
 	rec := &recorder{}
-	s := invalidation.Start(invalidation.Config{
-		Client: cl, Channel: "inv", Origin: "me", Handler: rec,
-		Health: 50 * time.Millisecond, Timeout: time.Second,
-	})
+	s := invalidation.Start(invalidation.Config{Client: cl, Health: 50 * time.Millisecond, Timeout: time.Second})
 	defer s.Stop()
+	sub := s.Add(invalidation.Topic{Channel: "inv", Origin: "me", Handler: rec})
 	select {
-	case <-s.Ready():
+	case <-sub.Ready():
 	case <-time.After(10 * time.Second):
 		t.Fatal("subscription never confirmed")
 	}
@@ -111,4 +110,66 @@ func TestSubscriber(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.waitFor(t, "up")
+}
+
+// TestTopicsShareOneConnection: topics added to one Subscriber, before and after its
+// connection is up, each get their own messages, sequence tracking and Up; a removed
+// topic gets nothing more; the node sees one pub/sub connection.
+func TestTopicsShareOneConnection(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	defer cl.Close()
+	ctx := context.Background()
+	s := invalidation.Start(invalidation.Config{Client: cl, Health: 50 * time.Millisecond, Timeout: time.Second})
+	defer s.Stop()
+	a, b := &recorder{}, &recorder{}
+	subA := s.Add(invalidation.Topic{Channel: "a:inv", FillChannel: "a:fill", Origin: "x", Handler: a})
+	<-subA.Ready()
+	subB := s.Add(invalidation.Topic{Channel: "b:inv", Origin: "x", Handler: b}) // joins the live connection
+	select {
+	case <-subB.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a topic added to a live connection was never confirmed")
+	}
+	a.waitFor(t, "up")
+	b.waitFor(t, "up")
+	publish := func(ch, epoch string, seq int, keys ...string) {
+		t.Helper()
+		msg := fmt.Sprintf("%s|%d|%s", epoch, seq, invalidation.AppendPayload(nil, "other", 1, keys))
+		if err := cl.Publish(ctx, ch, msg).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("a:inv", "e", 1, "k1")
+	publish("b:inv", "e", 7, "k2") // b's sequence is its own: no gap for either
+	publish("a:inv", "e", 2, "k3")
+	cl.Publish(ctx, "a:fill", "k4")
+	a.waitFor(t, "up", "invalidate [k1]", "invalidate [k3]", "filled k4")
+	b.waitFor(t, "up", "invalidate [k2]")
+	if st := subA.Status(); !st.Up || st.Epoch != "e" || st.Seq != 2 {
+		t.Errorf("a's status %+v", st)
+	}
+	if n, err := srv.Do(ctx, "PUBSUB", "NUMSUB", "a:inv", "b:inv"); err != nil || fmt.Sprint(n) != "[a:inv 1 b:inv 1]" {
+		t.Errorf("PUBSUB NUMSUB = %v, %v", n, err)
+	}
+	clients, err := srv.Do(ctx, "CLIENT", "LIST", "TYPE", "pubsub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(fmt.Sprint(clients), "id="); n != 1 {
+		t.Errorf("%d pub/sub connections, want 1:\n%s", n, clients)
+	}
+
+	s.Remove(subB)
+	publish("b:inv", "e", 8, "k5")
+	publish("a:inv", "e", 3, "k6")
+	a.waitFor(t, "invalidate [k6]")
+	for _, e := range b.snapshot() {
+		if e == "invalidate [k5]" {
+			t.Fatal("a removed topic's handler was called")
+		}
+	}
+	if s.Len() != 1 {
+		t.Errorf("Len = %d", s.Len())
+	}
 }

@@ -64,7 +64,8 @@ type Config struct {
 // Redis is the shared tier over Redis. It is safe for concurrent use.
 type Redis struct {
 	nodes    atomic.Pointer[[]*node] // by index; append-only, replaced whole (AddNode)
-	addMu    sync.Mutex              // serialises AddNode
+	addMu    sync.Mutex              // serialises AddNode and Replace; protects replaced
+	replaced []*node                 // nodes Replace took out, whose pipelines Wait waits for
 	pick     Picker
 	onChange func(name string, to gobreaker.State)
 	onMissed func(name string, pending int)
@@ -216,9 +217,40 @@ func (r *Redis) AddNode(n Node) (int, error) {
 	old := *r.nodes.Load()
 	idx := len(old)
 	_, cluster := n.Client.(*redis.ClusterClient)
-	nodes := append(old[:len(old):len(old)], &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: newPipeliner(n.Client, r.timeout)})
+	nodes := append(old[:len(old):len(old)], r.newNode(n, cluster))
 	r.nodes.Store(&nodes)
 	return idx, nil
+}
+
+func (r *Redis) newNode(n Node, cluster bool) *node {
+	return &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: newPipeliner(n.Client, r.timeout)}
+}
+
+// Replace makes node idx reach Redis through n.Client from now on (the node moved to
+// another address under the same name and index): a new breaker and pipeline, and
+// no memory of the old address's missed writes. The node is dirty (see MarkDirty):
+// its keys are not read until Replay has cleared them. Calls in flight finish on the
+// old client.
+func (r *Redis) Replace(idx int, n Node) error {
+	if n.Client == nil {
+		return fmt.Errorf("remote: node %q has a nil client", n.Name)
+	}
+	if err := checkClient(n.Name, n.Client); err != nil {
+		return err
+	}
+	r.addMu.Lock()
+	defer r.addMu.Unlock()
+	old := *r.nodes.Load()
+	if idx < 0 || idx >= len(old) {
+		return errNoNode
+	}
+	_, cluster := n.Client.(*redis.ClusterClient)
+	nodes := append([]*node(nil), old...)
+	r.replaced = append(r.replaced, old[idx]) // for Wait
+	nodes[idx] = r.newNode(n, cluster)
+	r.nodes.Store(&nodes)
+	r.MarkDirty(idx)
+	return nil
 }
 
 func checkClient(name string, c redis.UniversalClient) error {
@@ -244,7 +276,10 @@ func checkClient(name string, c redis.UniversalClient) error {
 // once no call is in flight, after closing the clients the cache owns, which ends
 // their pipelines at once: it makes Close leave no goroutine of the shared tier.
 func (r *Redis) Wait() {
-	for _, n := range *r.nodes.Load() {
+	r.addMu.Lock()
+	nodes := append(append([]*node(nil), *r.nodes.Load()...), r.replaced...)
+	r.addMu.Unlock()
+	for _, n := range nodes {
 		n.p.wg.Wait()
 	}
 }

@@ -24,9 +24,15 @@ func payload(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
 // missed is the Config.MissedDeletes of the tests: remote has no default of its own.
 const missed = 100
 
+// client returns a client of addr with one connection already dialled (when the
+// node answers), so that the tests' short timeouts bound commands, not the first
+// dial and handshake of a loaded machine.
 func client(t *testing.T, addr string) *redis.Client {
 	cl := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { cl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = cl.Ping(ctx).Err() // a node that is down fails later, where the test expects it
 	return cl
 }
 
