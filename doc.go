@@ -105,6 +105,55 @@
 //     the write. A write through a process still on the old membership reaches only
 //     the old owner: change membership in every process promptly.
 //
+// Connections and discovery. A Shared (NewShared) holds the shared tier's
+// connections, one client and one pub/sub connection per node, for every Cache of the
+// process that names it in Options.Shared, whatever their value types and namespaces
+// (TestSharedConnections: five Caches, one pub/sub connection per node). A Cache made
+// with Options.Nodes, Client or Addrs has a Shared of its own. The Shared's membership
+// is every Cache's: Shared.AddNode, RemoveNode and SetNodes change it (SetNodes
+// reconciles to a desired list: adds, removals, and address changes under the same
+// name, which keep every key's owner and clear the node's keys before they are read),
+// Members lists it. SharedOptions.Discovery keeps it in step with a source, polled:
+// DNS (SRV or A/AAAA records) or a DiscoveryFunc (a config file, a registry). A node
+// missing from one answer is not removed at once (SharedOptions.RemoveAfter), so a
+// flapping source does not move keys back and forth (TestDiscoveryWhileServing).
+//
+// # Per-call loaders
+//
+// GetOrLoad takes a loader and a TTL of the call's own, for kinds of keys the Cache's
+// Loader does not fit, with Get's guarantees (one flight per key, the lease, fencing):
+// one Cache, and one set of connections, serves them all.
+//
+// # Writing through the cache: the patterns
+//
+//   - After writing the source of truth, Delete the key; do not Set it. Write-then-Set
+//     is a dual write: two writers of one row can commit in one order and Set in the
+//     other, leaving every replica serving the older row until the TTL ends. Delete
+//     makes the next read load the committed row, and the lease keeps a load that read
+//     the row before the Delete from filling Redis after it (invariant C3).
+//   - A Set or Delete error after the source committed means the node may still hold
+//     the old value. This process remembers the key and deletes it there, with its
+//     invalidation, as soon as the node answers (see Faults below): retrying Delete is
+//     safe and shortens nothing; report the error (it is in Stats.RemoteErrors and
+//     Cache.Nodes' MissedWrites) rather than undo the source's write.
+//   - When every Redis node is down, no key is served from the near-cache (its
+//     invalidations could be lost) and every read goes to the Loader: the source takes
+//     the whole load, bounded only by one flight per key per process. Size the source
+//     for it, or keep Redis highly available (a Redis Cluster, or more ring nodes).
+//
+// # Observability
+//
+// Stats returns the counters; Nodes returns each node's state (breaker, subscription
+// and since when, missed writes pending, the last epoch and sequence seen). A Recorder
+// (Options.Recorder) receives what counters cannot hold: the latency of each Get that
+// missed the near-cache by the tier that answered, of each load by outcome, of lease
+// waits, invalidation delivery lag, flushes by cause and breaker transitions, by node.
+// Near hits are not reported one by one, so a near hit costs the same with a Recorder
+// attached. The modules github.com/tieredcache/tiered/tieredprom and
+// github.com/tieredcache/tiered/tieredotel export all of it to Prometheus and
+// OpenTelemetry. Every log line about a node names it; go-redis's own lines go to
+// stderr unless routed with redis.SetLogger(RedisLogger(logger)).
+//
 // # Leases
 //
 // A Get that misses in Redis takes the key's lease on its node before calling the
