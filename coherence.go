@@ -71,6 +71,9 @@ func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
 	h.c.rec.RecordFlush(h.c.shared.Name(node), fc)
 }
 
+// Confirmed lets node's entries be served until MaxStaleness after at.
+func (h busHandler[V]) Confirmed(node int, at time.Time) { h.c.local.Confirm(node, at) }
+
 // Filled wakes this process's waiters for key's fill (see pollLease).
 func (h busHandler[V]) Filled(_ int, key string) { h.c.wakeFill(key) }
 

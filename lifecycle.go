@@ -36,7 +36,11 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin, rec: o.Recorder}
 	_, nop := o.Recorder.(NopRecorder)
 	c.recording = !nop
-	c.local, err = local.New[V](local.Config{MaxCost: o.LocalMaxCost})
+	lc := local.Config{MaxCost: o.LocalMaxCost}
+	if o.Shared != nil || len(o.Nodes) > 0 || o.Client != nil || len(o.Addrs) > 0 {
+		lc.MaxStaleness = o.MaxStaleness // confirmed by the nodes' subscribers
+	}
+	c.local, err = local.New[V](lc)
 	if err != nil {
 		return nil, err
 	}

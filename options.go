@@ -124,6 +124,23 @@ type Options[V any] struct {
 	// the node's keys bypass the near-cache until a new subscription is confirmed.
 	HealthCheck time.Duration
 
+	// MaxStaleness bounds how stale a near-cache hit can be, whatever the links do
+	// (confirmed freshness): a node's keys are served from the near-cache only
+	// while the node is confirmed within MaxStaleness, and otherwise read from
+	// Redis (or the Loader). Each node's subscriber pings on its subscription
+	// connection every HealthCheck; the pong of a ping sent at time s follows, on
+	// that connection, every invalidation the node published before s, so it
+	// confirms them all. A hit at time t therefore serves a value no write
+	// acknowledged before t - MaxStaleness - 10 ms (the near-cache's clock tick)
+	// has replaced, even on a link that is slow, or silent without failing, or
+	// while this process's subscriber is starved of CPU. Default 1 s: with pings
+	// every HealthCheck (250 ms) a healthy node's confirmation is at most 250 ms
+	// plus a round trip old, so up to three late pongs in a row cost no near hit;
+	// lower it for a tighter bound (it must be at least twice HealthCheck).
+	// Independently, a lost subscription stops the node's near-cache at once
+	// (see Coherence).
+	MaxStaleness time.Duration
+
 	// LoadTimeout bounds a shared load: the Loader call and the fills after it.
 	// Default 10 seconds.
 	LoadTimeout time.Duration
@@ -196,6 +213,7 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 	setDefault(&o.Timeout, 100*time.Millisecond)
 	setDefault(&o.LoadTimeout, 10*time.Second)
 	setDefault(&o.HealthCheck, 250*time.Millisecond)
+	setDefault(&o.MaxStaleness, time.Second)
 	setDefault(&o.LeaseTTL, 2*time.Second)
 	setDefault(&o.RefreshWorkers, 4)
 	setDefault(&o.LoadConcurrency, 16)
@@ -220,6 +238,8 @@ func (o Options[V]) withDefaults() (Options[V], error) {
 		return o, fmt.Errorf("tiered: Namespace %q must not contain '{' or '}'", o.Namespace)
 	case o.TTL < 0, o.LocalTTL < 0, o.NegativeTTL < 0, o.Timeout < 0, o.LoadTimeout < 0, o.HealthCheck < 0, o.LeaseTTL < 0:
 		return o, errors.New("tiered: TTLs and timeouts must not be negative")
+	case o.MaxStaleness < 2*o.HealthCheck:
+		return o, fmt.Errorf("tiered: MaxStaleness %v must be at least twice HealthCheck (%v), the interval of the pings that confirm freshness", o.MaxStaleness, o.HealthCheck)
 	case o.Jitter >= 1:
 		return o, fmt.Errorf("tiered: Jitter %v must be below 1", o.Jitter)
 	case o.RefreshAhead < 0 || o.RefreshAhead >= 1:

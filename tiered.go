@@ -72,17 +72,26 @@ type Cache[V any] struct {
 // A shared tier that fails or times out is not an error while a Loader answers.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	h := c.local.Hash(key)
-	if v, absent, ok, refresh := c.local.Lookup(h, key); ok {
-		c.stats.localHit(h)
-		if refresh {
-			c.scheduleRefresh(key)
-		}
-		if absent {
-			return v, ErrNotFound
-		}
-		return v, nil
+	if v, ok, err := c.near(h, key); ok {
+		return v, err
 	}
 	return c.get(ctx, h, key, perCall[V]{})
+}
+
+// near answers key from the near-cache, if it holds it (ok).
+func (c *Cache[V]) near(h uint64, key string) (v V, ok bool, err error) {
+	v, absent, ok, refresh := c.local.Lookup(h, key)
+	if !ok {
+		return v, false, nil
+	}
+	c.stats.localHit(h)
+	if refresh {
+		c.scheduleRefresh(key)
+	}
+	if absent {
+		return v, true, ErrNotFound
+	}
+	return v, true, nil
 }
 
 // GetOrLoad is Get with a loader and a TTL of the call's own, for keys that the
@@ -99,15 +108,8 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, ttl time.Duration,
 		return zero, fmt.Errorf("tiered: GetOrLoad %q: a nil loader or a negative TTL", key)
 	}
 	h := c.local.Hash(key)
-	if v, absent, ok, refresh := c.local.Lookup(h, key); ok {
-		c.stats.localHit(h)
-		if refresh {
-			c.scheduleRefresh(key)
-		}
-		if absent {
-			return v, ErrNotFound
-		}
-		return v, nil
+	if v, ok, err := c.near(h, key); ok {
+		return v, err
 	}
 	return c.get(ctx, h, key, perCall[V]{load: load, ttl: ttl})
 }

@@ -3,8 +3,11 @@ package invalidation
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +56,10 @@ type Handler interface {
 	// Filled reports that key, whose lease a process of this cache waited for, was
 	// filled or its lease given up (Config.FillChannel): read it again.
 	Filled(node int, key string)
+	// Confirmed reports that every message the node published before at has been
+	// delivered: the pong of a ping sent at at came back on the subscription's
+	// connection, behind them.
+	Confirmed(node int, at time.Time)
 }
 
 // Config configures a Subscriber: one pub/sub connection to one node, shared by
@@ -60,8 +67,9 @@ type Handler interface {
 type Config struct {
 	Name   string                // the node's name, in log lines
 	Client redis.UniversalClient // the node's client
-	// Health is how long the connection may stay silent before it is pinged; a
-	// ping unanswered within Timeout means the link is lost.
+	// Health is how often the connection is pinged; a ping unanswered within
+	// Timeout means the link is lost. Each pong confirms, to every Topic's
+	// Handler, the invalidations published before its ping was sent.
 	Health  time.Duration
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -327,29 +335,45 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 			return false
 		}
 	}
-	awaitingPong := false
+	// Pings go out every Health; their pongs come back in order, behind every
+	// message published before the ping reached the node.
+	var pings []ping // sent, unanswered, oldest first
+	var seq uint64
+	next := time.Now() // the next ping is due
 	for {
-		wait := s.cfg.Health
-		if awaitingPong {
-			wait = s.cfg.Timeout
+		now := time.Now()
+		wait := next.Sub(now)
+		if len(pings) > 0 {
+			wait = min(wait, pings[0].sent.Add(s.cfg.Timeout).Sub(now))
 		}
-		msg, err := ps.ReceiveTimeout(ctx, wait)
+		msg, err := ps.ReceiveTimeout(ctx, max(wait, time.Millisecond))
 		if err != nil {
 			if ctx.Err() != nil {
 				return wasUp
 			}
 			var nerr net.Error
-			if errors.As(err, &nerr) && nerr.Timeout() && !awaitingPong {
-				pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-				err = ps.Ping(pctx)
-				cancel()
-				if err == nil {
-					awaitingPong = true
-					continue
-				}
+			if !errors.As(err, &nerr) || !nerr.Timeout() {
+				s.logf("invalidation: subscription lost", err)
+				return wasUp
 			}
-			s.logf("invalidation: subscription lost", err)
-			return wasUp
+			now := time.Now()
+			if len(pings) > 0 && now.Sub(pings[0].sent) >= s.cfg.Timeout {
+				s.logf("invalidation: subscription lost", fmt.Errorf("no pong within %v", s.cfg.Timeout))
+				return wasUp
+			}
+			if !now.Before(next) {
+				seq++
+				pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+				err := ps.Ping(pctx, pingPrefix+strconv.FormatUint(seq, 10))
+				cancel()
+				if err != nil {
+					s.logf("invalidation: subscription lost", err)
+					return wasUp
+				}
+				pings = append(pings, ping{seq: seq, sent: now})
+				next = now.Add(s.cfg.Health)
+			}
+			continue
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
@@ -366,11 +390,21 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 					wasUp = true
 				}
 				s.dispatch.RUnlock()
+				next = time.Now() // confirm it at once
 			}
 		case *redis.Pong:
-			awaitingPong = false
+			n, ok := strings.CutPrefix(m.Payload, pingPrefix)
+			id, err := strconv.ParseUint(n, 10, 64)
+			if !ok || err != nil {
+				continue
+			}
+			for len(pings) > 0 && pings[0].seq <= id {
+				if pings[0].seq == id {
+					s.confirm(pings[0].sent)
+				}
+				pings = pings[1:]
+			}
 		case *redis.Message:
-			awaitingPong = false
 			s.dispatch.RLock()
 			if r, ok := (*s.routes.Load())[m.Channel]; ok {
 				if r.fill {
@@ -380,6 +414,28 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 				}
 			}
 			s.dispatch.RUnlock()
+		}
+	}
+}
+
+// ping is a ping sent on the subscription's connection.
+type ping struct {
+	seq  uint64
+	sent time.Time
+}
+
+// pingPrefix starts the payload of the Subscriber's pings.
+const pingPrefix = "tiered:"
+
+// confirm reports to the Topics whose subscription is up that the node's messages
+// published before at have arrived.
+func (s *Subscriber) confirm(at time.Time) {
+	subs, _ := s.snapshot()
+	s.dispatch.RLock()
+	defer s.dispatch.RUnlock()
+	for _, b := range subs {
+		if b.up.Load() {
+			b.t.Handler.Confirmed(b.t.Node, at)
 		}
 	}
 }

@@ -20,15 +20,21 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // recorder is a Handler that records events as strings.
 type recorder struct {
-	mu     sync.Mutex
-	events []string
+	mu       sync.Mutex
+	events   []string
+	confirms int // not an event: one per pong
 }
 
 func (r *recorder) add(e string) { r.mu.Lock(); r.events = append(r.events, e); r.mu.Unlock() }
 func (r *recorder) Invalidate(node int, m *invalidation.Message) {
 	r.add(fmt.Sprintf("invalidate %v", m.Keys))
 }
-func (r *recorder) Down(int)                          { r.add("down") }
+func (r *recorder) Down(int) { r.add("down") }
+func (r *recorder) Confirmed(int, time.Time) {
+	r.mu.Lock()
+	r.confirms++
+	r.mu.Unlock()
+}
 func (r *recorder) Filled(_ int, key string)          { r.add("filled " + key) }
 func (r *recorder) Up(int)                            { r.add("up") }
 func (r *recorder) Flush(_ int, c invalidation.Cause) { r.add("flush " + c.String()) }

@@ -30,6 +30,7 @@ package local
 import (
 	"errors"
 	"hash/maphash"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,18 +57,28 @@ const EntryOverhead = 112
 // Config configures a near-cache.
 type Config struct {
 	MaxCost int64 // total cost in bytes; required
+	// MaxStaleness, if above 0, serves a node's entries only until MaxStaleness
+	// after the node's last confirmation (Confirm): a node never confirmed serves
+	// nothing. 0: node entries are served whatever the confirmations.
+	MaxStaleness time.Duration
+}
+
+// nodeState is one node's: its generation, and until when its entries may be served.
+type nodeState struct {
+	gen   atomic.Uint32
+	fresh atomic.Int64 // coarse-clock nanoseconds: the last confirmation plus MaxStaleness
 }
 
 type entry[V any] struct {
 	key        string
 	val        V
-	absent     bool           // a negative entry: the source has no value
-	expire     int64          // coarse-clock nanoseconds
-	refreshAt  int64          // coarse-clock nanoseconds from which a hit reports a refresh due
-	gen        uint32         // stripe generation at fence time
-	nodeGen    uint32         // the node's generation at fence time
-	node       *atomic.Uint32 // the owning node's generation counter
-	refreshing atomic.Bool    // a hit has reported the refresh due: report it once
+	absent     bool        // a negative entry: the source has no value
+	expire     int64       // coarse-clock nanoseconds
+	refreshAt  int64       // coarse-clock nanoseconds from which a hit reports a refresh due
+	gen        uint32      // stripe generation at fence time
+	nodeGen    uint32      // the node's generation at fence time
+	node       *nodeState  // the owning node's
+	refreshing atomic.Bool // a hit has reported the refresh due: report it once
 }
 
 // Never is a refresh delay that never comes.
@@ -90,9 +101,11 @@ type Cache[V any] struct {
 	// never touches this table (BenchmarkLookup: as fast as the fixed array was).
 	// Only Fence and the node calls index the table; growing it (under growMu)
 	// copies pointers, so it loses no concurrent update.
-	nodes  atomic.Pointer[[]*atomic.Uint32]
-	growMu sync.Mutex    // serialises growing nodes
-	noNode atomic.Uint32 // the counter of keys no node owns (a negative index)
+	nodes  atomic.Pointer[[]*nodeState]
+	growMu sync.Mutex // serialises growing nodes
+	noNode nodeState  // the state of keys no node owns (a negative index): always fresh
+
+	maxStale int64 // Config.MaxStaleness in nanoseconds; 0: every node is always fresh
 
 	// Staged stores (see stage.go): fills wait here, visible to Lookup, until the
 	// clock goroutine hands them to ristretto in one batch per Tick.
@@ -132,14 +145,16 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	c.nodes.Store(new([]*atomic.Uint32))
+	c.nodes.Store(new([]*nodeState))
+	c.maxStale = int64(cfg.MaxStaleness)
+	c.noNode.fresh.Store(math.MaxInt64)
 	go c.tick()
 	return c, nil
 }
 
 // node returns the generation counter of node index idx, adding counters up to idx
 // if it is new.
-func (c *Cache[V]) node(idx int) *atomic.Uint32 {
+func (c *Cache[V]) node(idx int) *nodeState {
 	if idx < 0 {
 		return &c.noNode
 	}
@@ -153,10 +168,13 @@ func (c *Cache[V]) node(idx int) *atomic.Uint32 {
 		return old[idx]
 	}
 	n := max(idx+1, 2*len(old), 8)
-	t := make([]*atomic.Uint32, n)
+	t := make([]*nodeState, n)
 	copy(t, old)
-	chunk := make([]atomic.Uint32, n-len(old))
+	chunk := make([]nodeState, n-len(old))
 	for i := range chunk {
+		if c.maxStale == 0 {
+			chunk[i].fresh.Store(math.MaxInt64)
+		}
 		t[len(old)+i] = &chunk[i]
 	}
 	c.nodes.Store(&t)
@@ -213,8 +231,29 @@ func (c *Cache[V]) Lookup(h uint64, key string) (v V, absent, ok, refresh bool) 
 
 // valid reports whether e, found under h, holds key and may be served at now.
 func (c *Cache[V]) valid(e *entry[V], h uint64, key string, now int64) bool {
-	return e.key == key && e.gen == c.stripes[h%stripes].Load() && e.nodeGen == e.node.Load() && e.expire > now
+	return e.key == key && e.gen == c.stripes[h%stripes].Load() && e.nodeGen == e.node.gen.Load() && e.expire > now &&
+		now <= e.node.fresh.Load()
 }
+
+// Confirm records that every invalidation node published before at has been
+// applied: its entries may be served until MaxStaleness after at (on the coarse
+// clock, which lags by at most a Tick). Confirmations only move that forward.
+func (c *Cache[V]) Confirm(node int, at time.Time) {
+	if c.maxStale == 0 {
+		return
+	}
+	until := int64(at.Sub(c.start)) + c.maxStale
+	f := &c.node(node).fresh
+	for {
+		old := f.Load()
+		if until <= old || f.CompareAndSwap(old, until) {
+			return
+		}
+	}
+}
+
+// Fresh reports whether node's entries may be served now (see Confirm).
+func (c *Cache[V]) Fresh(node int) bool { return c.now.Load() <= c.node(node).fresh.Load() }
 
 // Fence records the generations a fill of key starts from. Take it before reading the
 // shared tier or calling the loader; Store with it stores nothing if key, or the node,
@@ -223,20 +262,20 @@ type Fence struct {
 	h       uint64
 	gen     uint32
 	nodeGen uint32
-	node    *atomic.Uint32
+	node    *nodeState
 }
 
 // Fence returns the fence for a fill of the key with hash h, owned by node (a
 // negative node: no node owns the key).
 func (c *Cache[V]) Fence(h uint64, node int) Fence {
 	n := c.node(node)
-	return Fence{h: h, gen: c.stripes[h%stripes].Load(), node: n, nodeGen: n.Load()}
+	return Fence{h: h, gen: c.stripes[h%stripes].Load(), node: n, nodeGen: n.gen.Load()}
 }
 
 // Valid reports whether nothing has invalidated f's key or node since f was taken,
 // and f's node was up when it was.
 func (c *Cache[V]) Valid(f Fence) bool {
-	return f.nodeGen%2 == 0 && c.stripes[f.h%stripes].Load() == f.gen && f.node.Load() == f.nodeGen
+	return f.nodeGen%2 == 0 && c.stripes[f.h%stripes].Load() == f.gen && f.node.gen.Load() == f.nodeGen
 }
 
 // Store stores v (or, with absent, a negative entry) for key for at most ttl, fenced
@@ -279,7 +318,7 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl, refreshIn time.Duration, wait bool) bool {
 	g := c.stripes[f.h%stripes].Add(1)
 	ttl -= Tick
-	if ttl <= 0 || g != f.gen+1 || f.nodeGen%2 != 0 || f.node.Load() != f.nodeGen {
+	if ttl <= 0 || g != f.gen+1 || f.nodeGen%2 != 0 || f.node.gen.Load() != f.nodeGen {
 		return false
 	}
 	if !wait {
@@ -312,7 +351,7 @@ func (c *Cache[V]) Invalidate(h uint64) {
 }
 
 // FlushNode makes every entry owned by node unservable, in O(1).
-func (c *Cache[V]) FlushNode(node int) { c.node(node).Add(2) }
+func (c *Cache[V]) FlushNode(node int) { c.node(node).gen.Add(2) }
 
 // MarkDown flushes node and keeps its keys out of the near-cache until MarkUp.
 func (c *Cache[V]) MarkDown(node int) { c.flip(node, 1) }
@@ -322,11 +361,11 @@ func (c *Cache[V]) MarkDown(node int) { c.flip(node, 1) }
 func (c *Cache[V]) MarkUp(node int) { c.flip(node, 0) }
 
 // Up reports whether node is up.
-func (c *Cache[V]) Up(node int) bool { return c.node(node).Load()%2 == 0 }
+func (c *Cache[V]) Up(node int) bool { return c.node(node).gen.Load()%2 == 0 }
 
 // flip moves node's generation to the next value of the given parity.
 func (c *Cache[V]) flip(node int, parity uint32) {
-	g := c.node(node)
+	g := &c.node(node).gen
 	for {
 		old := g.Load()
 		next := old + 1
