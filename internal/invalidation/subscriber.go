@@ -341,7 +341,27 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 	var seq uint64
 	next := time.Now() // the next ping is due
 	for {
+		// Due pings go out whatever else arrives: a busy channel must not delay
+		// the confirmations (nor hide a lost link).
 		now := time.Now()
+		if len(pings) > 0 && now.Sub(pings[0].sent) >= s.cfg.Timeout {
+			s.logf("invalidation: subscription lost", fmt.Errorf("no pong within %v", s.cfg.Timeout))
+			return wasUp
+		}
+		if !now.Before(next) {
+			seq++
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+			err := ps.Ping(pctx, pingPrefix+strconv.FormatUint(seq, 10))
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					s.logf("invalidation: subscription lost", err)
+				}
+				return wasUp
+			}
+			pings = append(pings, ping{seq: seq, sent: now})
+			next = now.Add(s.cfg.Health)
+		}
 		wait := next.Sub(now)
 		if len(pings) > 0 {
 			wait = min(wait, pings[0].sent.Add(s.cfg.Timeout).Sub(now))
@@ -356,24 +376,7 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 				s.logf("invalidation: subscription lost", err)
 				return wasUp
 			}
-			now := time.Now()
-			if len(pings) > 0 && now.Sub(pings[0].sent) >= s.cfg.Timeout {
-				s.logf("invalidation: subscription lost", fmt.Errorf("no pong within %v", s.cfg.Timeout))
-				return wasUp
-			}
-			if !now.Before(next) {
-				seq++
-				pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-				err := ps.Ping(pctx, pingPrefix+strconv.FormatUint(seq, 10))
-				cancel()
-				if err != nil {
-					s.logf("invalidation: subscription lost", err)
-					return wasUp
-				}
-				pings = append(pings, ping{seq: seq, sent: now})
-				next = now.Add(s.cfg.Health)
-			}
-			continue
+			continue // a ping is due, or a pong late: see the top of the loop
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:

@@ -179,3 +179,40 @@ func TestTopicsShareOneConnection(t *testing.T) {
 		t.Errorf("Len = %d", s.Len())
 	}
 }
+
+// TestConfirmedUnderTraffic: pings go out every Health even while messages arrive
+// faster than that, so a busy channel keeps being confirmed (a Subscriber that pinged
+// only after a silence would confirm nothing while the node is busy).
+func TestConfirmedUnderTraffic(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	defer cl.Close()
+	s := invalidation.Start(invalidation.Config{Client: cl, Health: 20 * time.Millisecond, Timeout: 5 * time.Second})
+	defer s.Stop()
+	rec := &recorder{}
+	<-s.Add(invalidation.Topic{Channel: "busy", Origin: "me", Handler: rec}).Ready()
+	confirms := func() int { rec.mu.Lock(); defer rec.mu.Unlock(); return rec.confirms }
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	msg := fmt.Sprintf("e|0|%s", invalidation.AppendPayload(nil, "other", 1, []string{"k"})) // untracked
+	for range 4 { // pipelined bursts: messages arrive back to back, never 1 ms apart
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				p := cl.Pipeline()
+				for range 200 {
+					p.Publish(context.Background(), "busy", msg)
+				}
+				p.Exec(context.Background())
+			}
+		})
+	}
+	defer func() { stop(); wg.Wait() }()
+	start := confirms()
+	deadline := time.Now().Add(10 * time.Second)
+	for confirms() < start+5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d confirmations in 10 s of traffic, want pings answered every 20 ms", confirms()-start)
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+}
