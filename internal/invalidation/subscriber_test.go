@@ -194,8 +194,10 @@ func TestConfirmedUnderTraffic(t *testing.T) {
 	confirms := func() int { rec.mu.Lock(); defer rec.mu.Unlock(); return rec.confirms }
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	msg := fmt.Sprintf("e|0|%s", invalidation.AppendPayload(nil, "other", 1, []string{"k"})) // untracked
-	for range 4 { // pipelined bursts: messages arrive back to back, never 1 ms apart
+	// Untracked messages (sequence 0), in pipelined bursts: they arrive back to back,
+	// never 1 ms apart.
+	msg := fmt.Sprintf("e|0|%s", invalidation.AppendPayload(nil, "other", 1, []string{"k"}))
+	for range 4 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				p := cl.Pipeline()
