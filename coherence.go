@@ -41,11 +41,14 @@ func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
 	}
 }
 
+// Down stops filling the near-cache with node's keys; what it holds of them is
+// served until the node's last confirmation is MaxStaleness old (local.Suspend), so
+// a long MaxStaleness keeps the near-cache answering through a Redis outage.
 func (h busHandler[V]) Down(node int) {
 	if h.c.local.Up(node) {
 		h.c.stats.nodeDowns.Add(1)
 	}
-	h.c.local.MarkDown(node)
+	h.c.local.Suspend(node)
 }
 
 func (h busHandler[V]) Up(node int) {

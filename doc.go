@@ -70,7 +70,8 @@
 //     when the link goes quiet: 350 ms by default), a gap in a node's sequence numbers
 //     and a new node epoch (a restart that lost its data) all flush that node's
 //     near-cache entries, in O(1), before they can be served again; while a node's
-//     subscription is down its keys bypass the near-cache.
+//     subscription is down nothing of it is stored in the near-cache, and what is there
+//     is served only within MaxStaleness of the node's last confirmation (below).
 //   - Confirmed freshness. Each node's subscriber pings on its subscription
 //     connection every HealthCheck; the pong of a ping sent at s arrives behind every
 //     message the node published before s, so it confirms them. A node's keys are
@@ -149,10 +150,12 @@
 //     invalidation, as soon as the node answers (see Faults below): retrying Delete is
 //     safe and shortens nothing; report the error (it is in Stats.RemoteErrors and
 //     Cache.Nodes' MissedWrites) rather than undo the source's write.
-//   - When every Redis node is down, no key is served from the near-cache (its
-//     invalidations could be lost) and every read goes to the Loader: the source takes
-//     the whole load, bounded only by one flight per key per process. Size the source
-//     for it, or keep Redis highly available (a Redis Cluster, or more ring nodes).
+//   - When every Redis node is down, the near-cache answers what it holds until
+//     MaxStaleness after each node's last confirmation; then every read goes to the
+//     Loader: the source takes the whole load, bounded only by one flight per key per
+//     process. Size the source for it, keep Redis highly available (a Redis Cluster,
+//     or more ring nodes), or choose availability over freshness with a longer
+//     MaxStaleness: the near-cache then keeps answering through the outage.
 //
 // # Observability
 //

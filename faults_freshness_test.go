@@ -1,6 +1,8 @@
 package tiered
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -172,4 +174,72 @@ func (l *slowLink) accept() {
 type chunk struct {
 	b  []byte
 	at time.Time
+}
+
+// TestNearCacheServesThroughOutage: the only node is stopped. With a long MaxStaleness
+// the near-cache keeps answering what it holds (no load, no error) although the node's
+// subscription is down; with a short one, the keys go to the Loader once the node's
+// last confirmation is MaxStaleness old. Availability over freshness is the user's
+// choice of MaxStaleness.
+func TestNearCacheServesThroughOutage(t *testing.T) {
+	run := func(t *testing.T, maxStale time.Duration) (c *Cache[string], src *source, stopped time.Time, keys []string) {
+		srv := redistest.Start(t, 1)
+		src = newSource()
+		o := ringOpts[string](t, srv)
+		o.Loader, o.HealthCheck, o.Timeout, o.MaxStaleness = src, 100*time.Millisecond, 200*time.Millisecond, maxStale
+		c = newCache(t, o)
+		waitFor(t, "subscribed", func() bool { return allUp(c) })
+		ctx := context.Background()
+		for i := range 20 {
+			k := fmt.Sprintf("k%d", i)
+			src.put(k, "v")
+			keys = append(keys, k)
+			if _, err := c.Get(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+			waitLocal(t, c, k)
+		}
+		if err := srv[0].Stop(); err != nil {
+			t.Fatal(err)
+		}
+		stopped = time.Now()
+		waitFor(t, "the subscription is lost", func() bool { return !c.Nodes()[0].Subscribed })
+		return c, src, stopped, keys
+	}
+	ctx := context.Background()
+
+	t.Run("long", func(t *testing.T) {
+		c, src, stopped, keys := run(t, 30*time.Second)
+		loads := src.calls.Load()
+		for time.Since(stopped) < 1500*time.Millisecond {
+			for _, k := range keys {
+				if v, err := c.Get(ctx, k); err != nil || v != "v" {
+					t.Fatalf("Get(%s) in the outage = %q, %v", k, v, err)
+				}
+			}
+		}
+		if n := src.calls.Load() - loads; n != 0 {
+			t.Errorf("%d loads in the outage with MaxStaleness 30 s: the near-cache did not answer", n)
+		}
+		if st := c.Stats(); st.SubscriptionsLost == 0 {
+			t.Errorf("the outage was not noticed: %+v", st)
+		}
+	})
+	t.Run("short", func(t *testing.T) {
+		const maxStale = 300 * time.Millisecond
+		c, src, stopped, keys := run(t, maxStale)
+		loads := src.calls.Load()
+		at := waitFor(t, "the keys go to the Loader", func() bool {
+			for _, k := range keys {
+				if _, err := c.Get(ctx, k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return src.calls.Load()-loads >= int64(len(keys))
+		})
+		t.Logf("near-cache answered for %v after the node stopped (MaxStaleness %v)", at.Sub(stopped).Round(time.Millisecond), maxStale)
+		if at.Sub(stopped) > maxStale+local.Tick+time.Second {
+			t.Errorf("the near-cache answered %v into the outage, well past MaxStaleness %v", at.Sub(stopped), maxStale)
+		}
+	})
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/local"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -122,6 +123,7 @@ func TestC4LostSubscriptionBypass(t *testing.T) {
 		hc      = 100 * time.Millisecond
 		timeout = time.Second
 		x       = 2
+		margin  = 300 * time.Millisecond // -race on a loaded 2-core machine
 	)
 	servers := redistest.Start(t, 3)
 	ctx := context.Background()
@@ -167,10 +169,16 @@ func TestC4LostSubscriptionBypass(t *testing.T) {
 		t.Fatalf("after the kill: SubscriptionsLost %d -> %d, FlushesResubscribe %d -> %d; want +1 and +0",
 			s0.SubscriptionsLost, s1.SubscriptionsLost, s0.FlushesResubscribe, s1.FlushesResubscribe)
 	}
+	// What B holds of X is served until X's last confirmation is MaxStaleness old
+	// (2 hc here, see writerAndReader), no longer.
+	expired := waitFor(t, "X's last confirmation expires in B", func() bool { return !b.local.Fresh(x) })
+	if late := expired.Sub(downAt); late > 2*hc+local.Tick+margin {
+		t.Errorf("B served X's entries %v after marking it down, more than MaxStaleness %v + a tick + margin", late, 2*hc)
+	}
 	hk := b.local.Hash(k)
 	b.local.Wait()
 	if _, _, ok, _ := b.local.Lookup(hk, k); ok {
-		t.Fatalf("%q still served from B's near-cache after its node's subscription was lost", k)
+		t.Fatalf("%q still served from B's near-cache after its node's subscription was lost and MaxStaleness passed", k)
 	}
 
 	// Every read of k goes to the node and sees A's last write at once.

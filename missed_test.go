@@ -142,7 +142,7 @@ func TestMissedDeletesOverflow(t *testing.T) {
 			t.Fatalf("Delete(%q) on a node behind an open breaker succeeded", k)
 		}
 	}
-	flushesB := b.Stats().FlushesCleared
+	beforeB := b.Stats()
 	if err := srv[0].Resume(); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,13 @@ func TestMissedDeletesOverflow(t *testing.T) {
 		}
 		return a.Stats().NodesCleared >= 1
 	})
-	waitFor(t, "B's flush of the node", func() bool { return b.Stats().FlushesCleared > flushesB })
+	// B flushes the node's entries on the clear's flush message, or, if B re-subscribes
+	// only after A published it (B's reconnect backoff reaches 1 s while the node is
+	// paused), on its re-subscription: either way before it serves them again.
+	waitFor(t, "B's flush of the node", func() bool {
+		s := b.Stats()
+		return s.FlushesCleared > beforeB.FlushesCleared || s.FlushesResubscribe > beforeB.FlushesResubscribe
+	})
 	for _, k := range keys {
 		if v, err := b.Get(ctx, k); err != nil || v != "v2" {
 			t.Errorf("B read %q = %q, %v after the node was cleared", k, v, err)

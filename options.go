@@ -118,10 +118,11 @@ type Options[V any] struct {
 	// RefreshWorkers bounds the goroutines that run refreshes. Default 4.
 	RefreshWorkers int
 
-	// HealthCheck is how long a node's invalidation subscription may stay silent
-	// before it is pinged. Default 250 ms. A link that fails without closing (a
-	// partition, a hung node) is noticed within HealthCheck + Timeout; from then on
-	// the node's keys bypass the near-cache until a new subscription is confirmed.
+	// HealthCheck is how often a node's invalidation subscription is pinged.
+	// Default 250 ms. A link that fails without closing (a partition, a hung node)
+	// is noticed within HealthCheck + Timeout; from then on nothing of the node is
+	// stored in the near-cache until a new subscription is confirmed (and what is
+	// there is served only within MaxStaleness).
 	HealthCheck time.Duration
 
 	// MaxStaleness bounds how stale a near-cache hit can be, whatever the links do
@@ -136,9 +137,11 @@ type Options[V any] struct {
 	// while this process's subscriber is starved of CPU. Default 1 s: with pings
 	// every HealthCheck (250 ms) a healthy node's confirmation is at most 250 ms
 	// plus a round trip old, so up to three late pongs in a row cost no near hit;
-	// lower it for a tighter bound (it must be at least twice HealthCheck).
-	// Independently, a lost subscription stops the node's near-cache at once
-	// (see Coherence).
+	// lower it for a tighter bound (it must be at least twice HealthCheck). While a
+	// node's subscription is down nothing of it is stored, and what the near-cache
+	// holds of it is served until MaxStaleness after its last confirmation: a long
+	// MaxStaleness keeps the near-cache answering through a Redis outage
+	// (availability over freshness), a short one sends the reads to the Loader sooner.
 	MaxStaleness time.Duration
 
 	// LoadTimeout bounds a shared load: the Loader call and the fills after it.

@@ -18,7 +18,8 @@
 //     atomic increment that retires all of the node's entries without iterating. An
 //     odd generation marks the node down (MarkDown: its invalidations cannot reach us):
 //     nothing of it is served, since the increment retired its entries, and nothing of
-//     it is stored until MarkUp.
+//     it is stored until MarkUp. Suspend stores nothing of it either, but serves what
+//     it holds until the node's confirmation expires (MaxStaleness, see Confirm).
 //  3. Expiry, against a coarse clock (an atomic the Cache's own goroutine advances every
 //     Tick), so a hit makes no clock call.
 //
@@ -65,8 +66,9 @@ type Config struct {
 
 // nodeState is one node's: its generation, and until when its entries may be served.
 type nodeState struct {
-	gen   atomic.Uint32
-	fresh atomic.Int64 // coarse-clock nanoseconds: the last confirmation plus MaxStaleness
+	gen       atomic.Uint32
+	fresh     atomic.Int64 // coarse-clock nanoseconds: the last confirmation plus MaxStaleness
+	suspended atomic.Bool  // Suspend: nothing of the node is stored until MarkUp
 }
 
 type entry[V any] struct {
@@ -275,7 +277,7 @@ func (c *Cache[V]) Fence(h uint64, node int) Fence {
 // Valid reports whether nothing has invalidated f's key or node since f was taken,
 // and f's node was up when it was.
 func (c *Cache[V]) Valid(f Fence) bool {
-	return f.nodeGen%2 == 0 && c.stripes[f.h%stripes].Load() == f.gen && f.node.gen.Load() == f.nodeGen
+	return f.nodeGen%2 == 0 && c.stripes[f.h%stripes].Load() == f.gen && f.node.gen.Load() == f.nodeGen && !f.node.suspended.Load()
 }
 
 // Store stores v (or, with absent, a negative entry) for key for at most ttl, fenced
@@ -318,7 +320,7 @@ func (c *Cache[V]) set(f Fence, gen uint32, key string, v V, absent bool, cost i
 func (c *Cache[V]) Replace(f Fence, key string, v V, cost int64, ttl, refreshIn time.Duration, wait bool) bool {
 	g := c.stripes[f.h%stripes].Add(1)
 	ttl -= Tick
-	if ttl <= 0 || g != f.gen+1 || f.nodeGen%2 != 0 || f.node.gen.Load() != f.nodeGen {
+	if ttl <= 0 || g != f.gen+1 || f.nodeGen%2 != 0 || f.node.gen.Load() != f.nodeGen || f.node.suspended.Load() {
 		return false
 	}
 	if !wait {
@@ -356,12 +358,31 @@ func (c *Cache[V]) FlushNode(node int) { c.node(node).gen.Add(2) }
 // MarkDown flushes node and keeps its keys out of the near-cache until MarkUp.
 func (c *Cache[V]) MarkDown(node int) { c.flip(node, 1) }
 
-// MarkUp flushes node (what was stored before MarkDown may have missed
-// invalidations) and lets its keys into the near-cache again.
-func (c *Cache[V]) MarkUp(node int) { c.flip(node, 0) }
+// Suspend keeps node's keys out of the near-cache, as MarkDown does, but leaves the
+// entries stored before it served until their node's confirmation (Confirm) expires:
+// no invalidation can reach them, and none needs to within MaxStaleness. Without
+// MaxStaleness it is MarkDown.
+func (c *Cache[V]) Suspend(node int) {
+	if c.maxStale == 0 {
+		c.MarkDown(node)
+		return
+	}
+	c.node(node).suspended.Store(true)
+}
 
-// Up reports whether node is up.
-func (c *Cache[V]) Up(node int) bool { return c.node(node).gen.Load()%2 == 0 }
+// MarkUp flushes node (what was stored before MarkDown or Suspend may have missed
+// invalidations) and lets its keys into the near-cache again.
+func (c *Cache[V]) MarkUp(node int) {
+	n := c.node(node)
+	c.flip(node, 0)
+	n.suspended.Store(false) // after the flip: a fence taken before it stays invalid
+}
+
+// Up reports whether node is up: neither marked down nor suspended.
+func (c *Cache[V]) Up(node int) bool {
+	n := c.node(node)
+	return n.gen.Load()%2 == 0 && !n.suspended.Load()
+}
 
 // flip moves node's generation to the next value of the given parity.
 func (c *Cache[V]) flip(node int, parity uint32) {
