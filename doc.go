@@ -109,6 +109,17 @@
 //     a value the write should have replaced from the node in the moment between its
 //     return and the replay (TestMissedDeletesReplayed measures that window; the
 //     replay's invalidation evicts any copy taken then).
+//   - Hinted handoff. The missed write is also recorded as a hint on another node of
+//     the ring, and every process replays the hints it finds for a node that answers,
+//     within a repair interval (HealthCheck), so the delete happens even if the
+//     writer has exited or been killed meanwhile (TestHintedHandoffSurvivesWriter:
+//     the writer SIGKILLed, the hint replayed by another process 18 ms after the node
+//     answered). Close tries the process's own missed writes once more and returns an
+//     error naming what it could not (the keys are in the log). What remains: a node
+//     unreachable only from the writer, while other processes kept reading it, serves
+//     them the old value until a replay reaches it; a hint no other node took (every
+//     node unreachable from the writer) lives only in the writer's memory; hints
+//     expire after Options.TTL, as the values they would delete do.
 //   - Runtime membership. AddNode and RemoveNode change the ring while the Cache
 //     serves: about 1/N of the keys move to a new node, a removed node's keys spread
 //     over the others. A joining node is cleared of the namespace's keys before it

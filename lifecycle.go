@@ -2,6 +2,7 @@ package tiered
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -163,7 +164,7 @@ func (c *Cache[V]) newRemote(nodes []*sharedNode) (*remote.Redis, error) {
 	for i, n := range nodes {
 		rn[i], names[i] = remote.Node{Name: n.name, Client: n.client}, n.name
 	}
-	cfg := remote.Config{Nodes: rn, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes,
+	cfg := remote.Config{Nodes: rn, Namespace: o.Namespace, Timeout: o.Timeout, MissedDeletes: o.MissedDeletes, HintTTL: o.TTL,
 		OnBreaker: func(name string, to gobreaker.State) {
 			state := breakerState(to)
 			if state == BreakerOpen {
@@ -193,7 +194,10 @@ func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
 
 // Close stops the Cache: calls made after it return ErrClosed; loads in flight are
 // cancelled and waited for, as are calls in progress; the near-cache's goroutines
-// stop; this Cache stops following the nodes' invalidations. A Shared the Cache made
+// stop; this Cache stops following the nodes' invalidations. Writes a node missed
+// (see Options.MissedDeletes) are tried once more; those still not confirmed make
+// Close return an error naming the node, and are logged with their keys (other
+// processes replay them from their hints when the node answers). A Shared the Cache made
 // for Options.Nodes, Client or Addrs is closed with it (clients passed in are the
 // caller's); Options.Shared is not. It is idempotent and returns the first call's
 // result.
@@ -209,6 +213,9 @@ func (c *Cache[V]) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	var err error
+	if r, ok := c.shared.(*remote.Redis); ok {
+		err = c.replayOwn(r)
+	}
 	if c.sh != nil {
 		c.sh.detach(c)
 		c.subsMu.Lock()
@@ -221,7 +228,7 @@ func (c *Cache[V]) Close() error {
 	}
 	c.local.Close()
 	if c.ownsSh {
-		err = c.sh.Close()
+		err = errors.Join(err, c.sh.Close())
 	}
 	if r, ok := c.shared.(*remote.Redis); ok {
 		r.Wait() // pipelines that callers gave up on: ended at once if their clients were just closed

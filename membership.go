@@ -111,7 +111,7 @@ func (c *Cache[V]) joinNode(ctx context.Context, sn *sharedNode) error {
 	}
 	r.MarkDirty(idx)
 	c.awaitSub(ctx, c.followNode(idx, sn))
-	c.replay(r, idx)
+	c.replay(c.closing, r, idx)
 	prev := c.ring.Clone()
 	if err := c.ring.Add(sn.name); err != nil { // cannot fail: the Shared checked the name
 		return fmt.Errorf("tiered: AddNode: %w", err)
@@ -180,7 +180,7 @@ func (c *Cache[V]) moveNode(ctx context.Context, old, sn *sharedNode) error {
 	sub := c.followNode(idx, sn) // marks the node down: no near hit until sn confirms
 	c.unfollow(prev, false)      // the Shared releases old
 	c.awaitSub(ctx, sub)
-	c.replay(r, idx)
+	c.replay(c.closing, r, idx)
 	return nil
 }
 

@@ -143,6 +143,8 @@ func child(role string) (err error) {
 		return leaseHolderChild()
 	case "getmany":
 		return getManyChild()
+	case "hint-writer":
+		return hintWriterChild()
 	}
 	if role != "writer" && role != "reader" {
 		return fmt.Errorf("unknown role %q", role)

@@ -156,7 +156,9 @@ type Options[V any] struct {
 	// could not be confirmed there (a node down, hung or flapping). The node serves no
 	// reads until those keys are deleted there, with their invalidations, as soon as it
 	// answers again; past this bound the node's keys in Namespace are all cleared
-	// (SCAN + UNLINK) instead. Default 10000.
+	// (SCAN + UNLINK) instead. Default 10000. The keys are also left as hints on
+	// another node (a "<Namespace>:hints" set there, expiring after TTL), which every
+	// process replays once the node answers: the delete survives its writer.
 	MissedDeletes int
 
 	// MaxKeySize is the longest key accepted, in bytes. Default 1 KiB.

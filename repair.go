@@ -1,6 +1,9 @@
 package tiered
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/invalidation"
@@ -23,9 +26,10 @@ func (c *Cache[V]) repairLoop(r *remote.Redis) {
 		}
 		for idx := range r.Nodes() {
 			if r.Unsynced(idx) && c.isMember(idx) {
-				c.replay(r, idx)
+				c.replay(c.closing, r, idx)
 			}
 		}
+		c.replayHints(r)
 		c.retire(false)
 	}
 }
@@ -41,14 +45,12 @@ func (c *Cache[V]) kickRepair() {
 func (c *Cache[V]) isMember(idx int) bool { return c.ring == nil || c.ring.Name(idx) != "" }
 
 // replay applies node idx's missed writes, if it answers.
-func (c *Cache[V]) replay(r *remote.Redis, idx int) {
+func (c *Cache[V]) replay(ctx context.Context, r *remote.Redis, idx int) {
 	if !r.Unsynced(idx) {
 		return
 	}
-	now := time.Now().UnixMicro()
-	keys, cleared, err := r.Replay(c.closing,
-		idx, invalidation.AppendPayload(nil, c.origin, now, nil),
-		func(keys []string) []byte { return invalidation.AppendPayload(nil, c.origin, now, keys) })
+	payload := c.replayPayload()
+	keys, cleared, err := r.Replay(ctx, idx, payload(nil), payload)
 	c.stats.writesReplayed.Add(uint64(keys))
 	if keys > 0 || cleared {
 		c.rec.RecordReplay(r.Name(idx), keys, cleared)
@@ -62,6 +64,56 @@ func (c *Cache[V]) replay(r *remote.Redis, idx int) {
 	case keys > 0:
 		c.opts.Logger.Info("tiered: missed deletes replayed", "node", r.Name(idx), "keys", keys)
 	}
+}
+
+// replayPayload returns the invalidation message of a replay's deletion of keys;
+// payload(nil) is a node's flush.
+func (c *Cache[V]) replayPayload() (payload func(keys []string) []byte) {
+	now := time.Now().UnixMicro()
+	return func(keys []string) []byte { return invalidation.AppendPayload(nil, c.origin, now, keys) }
+}
+
+// replayHints applies the missed writes other processes (maybe exited since) left as
+// hints on the nodes, for the nodes that answer (see remote/hints.go).
+func (c *Cache[V]) replayHints(r *remote.Redis) {
+	keys, cleared, err := r.ReplayHints(c.closing, c.replayPayload())
+	for _, k := range keys { // our own invalidations do not reach us
+		c.local.Invalidate(c.local.Hash(k))
+	}
+	for _, idx := range cleared {
+		c.local.FlushNode(idx)
+		c.stats.nodesCleared.Add(1)
+	}
+	c.stats.writesReplayed.Add(uint64(len(keys)))
+	if len(keys) > 0 || len(cleared) > 0 {
+		c.opts.Logger.Info("tiered: hinted writes replayed", "keys", len(keys), "nodes cleared", len(cleared))
+	}
+	if err != nil {
+		c.opts.Logger.Debug("tiered: hints not replayed yet", "err", err)
+	}
+}
+
+// replayOwn tries once, at Close, to apply this process's missed writes, and reports
+// those it could not (they remain as hints on other nodes, if those were written).
+func (c *Cache[V]) replayOwn(r *remote.Redis) error {
+	var errs []error
+	for idx := range r.Nodes() {
+		if !r.Unsynced(idx) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+		c.replay(ctx, r, idx)
+		cancel()
+		if !r.Unsynced(idx) {
+			continue
+		}
+		keys := r.PendingKeys(idx)
+		pending, overflowed := r.Pending(idx)
+		c.opts.Logger.Error("tiered: Close: writes not confirmed on a node; other processes replay them from their hints when it answers",
+			"node", r.Name(idx), "keys", keys, "pending", pending, "overflowed", overflowed)
+		errs = append(errs, fmt.Errorf("tiered: Close: %d writes not confirmed on node %q (hinted on other nodes where they could be)", pending, r.Name(idx)))
+	}
+	return errors.Join(errs...)
 }
 
 // retire ends the subscriptions of removed nodes whose handoff is over (all of them

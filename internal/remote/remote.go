@@ -59,6 +59,9 @@ type Config struct {
 	// be confirmed there (see Replay); required. The cache's Options.MissedDeletes
 	// sets it, and holds its default.
 	MissedDeletes int
+	// HintTTL, if above 0, records missed writes as hints on other nodes too, kept
+	// that long (see hints.go): the namespace's TTL.
+	HintTTL time.Duration
 }
 
 // Redis is the shared tier over Redis. It is safe for concurrent use.
@@ -72,9 +75,11 @@ type Redis struct {
 	maxMiss  int
 	prefix   string
 	timeout  time.Duration
-	channel  string // invalidation channel
-	seqKey   string // per-node invalidation sequence
-	epochKey string // per-node epoch
+	channel  string        // invalidation channel
+	hintKey  string        // the set of hints each node holds for the others
+	hintTTL  time.Duration // Config.HintTTL
+	seqKey   string        // per-node invalidation sequence
+	epochKey string        // per-node epoch
 }
 
 type node struct {
@@ -189,8 +194,9 @@ func New(cfg Config) (*Redis, error) {
 	r := &Redis{
 		pick: cfg.Picker, prefix: cfg.Namespace + ":{", timeout: cfg.Timeout,
 		onChange: cfg.OnBreaker, onMissed: cfg.OnMissed, maxMiss: cfg.MissedDeletes,
-		channel:  cfg.Namespace + ":invalidate",
-		seqKey:   cfg.Namespace + ":invalidate:seq",
+		channel: cfg.Namespace + ":invalidate",
+		seqKey:  cfg.Namespace + ":invalidate:seq",
+		hintKey: cfg.Namespace + ":hints", hintTTL: cfg.HintTTL,
 		epochKey: cfg.Namespace + ":invalidate:epoch",
 	}
 	r.nodes.Store(new([]*node))
@@ -398,6 +404,9 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 	if err != nil {
 		if n, nerr := r.node(idx); nerr == nil {
 			r.remember(n, key)
+			if herr := r.hintMiss(ctx, idx, []string{key}); herr != nil {
+				err = errors.Join(err, herr)
+			}
 		}
 	}
 	return err
@@ -617,11 +626,18 @@ func (r *Redis) Del(ctx context.Context, items []Item, payload func(keys []strin
 		}
 		return r.delOn(ctx, n, keys, payload)
 	})
+	missed := make(map[int][]string)
 	for _, it := range items {
 		if it.Err != nil {
 			if n, err := r.node(it.Node); err == nil {
 				r.remember(n, it.Key)
+				missed[it.Node] = append(missed[it.Node], it.Key)
 			}
+		}
+	}
+	for idx, keys := range missed {
+		if herr := r.hintMiss(ctx, idx, keys); herr != nil {
+			errs = append(errs, herr)
 		}
 	}
 	return errors.Join(errs...)
