@@ -65,13 +65,13 @@
 //   - Fill fencing. A fill (shared-tier read, or Loader call) in flight when the
 //     message arrives does not store its result in the near-cache, although the data
 //     reply and the message travel on different connections in no particular order.
-//   - Lost messages. Pub/sub is at-most-once. A lost or silent subscription (noticed
-//     at once when the connection fails, within Options.HealthCheck + Options.Timeout
-//     when the link goes quiet: 350 ms by default), a gap in a node's sequence numbers
-//     and a new node epoch (a restart that lost its data) all flush that node's
-//     near-cache entries, in O(1), before they can be served again; while a node's
-//     subscription is down nothing of it is stored in the near-cache, and what is there
-//     is served only within MaxStaleness of the node's last confirmation (below).
+//   - Lost messages. Pub/sub is at-most-once. A gap in a node's sequence numbers and a
+//     new node epoch (a restart that lost its data) flush that node's near-cache
+//     entries, in O(1). A lost or silent subscription (noticed at once when the
+//     connection fails, within Options.HealthCheck + Options.Timeout when the link
+//     goes quiet: 350 ms by default) stops the node's keys from being stored in the
+//     near-cache; what is there is served only within MaxStaleness of the node's last
+//     confirmation (below), and the re-subscription flushes it.
 //   - Confirmed freshness. Each node's subscriber pings on its subscription
 //     connection every HealthCheck; the pong of a ping sent at s arrives behind every
 //     message the node published before s, so it confirms them. A node's keys are

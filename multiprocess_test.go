@@ -47,6 +47,7 @@ import (
 	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/local"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -72,6 +73,8 @@ const staleBound = 100 * time.Millisecond
 // Environment of a child process.
 const (
 	envRole     = "TIERED_CHILD"        // "writer" or "reader"; set only in children
+	envHealth   = "TIERED_MP_HEALTH"    // the children's HealthCheck, if set
+	envMaxStale = "TIERED_MP_MAXSTALE"  // the children's MaxStaleness, if set
 	envNodes    = "TIERED_MP_NODES"     // the ring's 3 node addresses, comma-separated
 	envDB       = "TIERED_MP_DB"        // the "database" server's address
 	envNS       = "TIERED_MP_NAMESPACE" // the cache's Namespace
@@ -194,6 +197,9 @@ func child(role string) (err error) {
 		Nodes:     nodes,
 		Namespace: os.Getenv(envNS),
 		Timeout:   2 * time.Second, // generous: -race on a loaded 2-core machine
+		// The faults run: MaxStaleness bounds what a lost subscription leaves served.
+		HealthCheck:  durationEnv(envHealth),
+		MaxStaleness: durationEnv(envMaxStale),
 		// Explicit, because the test's claim rests on it: without invalidation a
 		// copy would be served for a minute, far beyond staleBound.
 		LocalTTL: time.Minute,
@@ -377,7 +383,19 @@ type mpConfig struct {
 	blind    bool          // negative control
 	margin   time.Duration // from launching the children to their common start time
 	timeout  time.Duration // porcupine's
+	// faults kills the pub/sub connections of one node after another every
+	// faultEvery while the children run; the children then run with HealthCheck
+	// 100 ms and MaxStaleness 200 ms, and delta (Δ) must cover MaxStaleness.
+	faults bool
+	delta  time.Duration // Δ: how stale a read may be (staleBound if 0)
 }
+
+// faultEvery is how often the faults run kills a node's pub/sub connections.
+const faultEvery = 150 * time.Millisecond
+
+// Δ of the faults run: the children's MaxStaleness, a tick of the near-cache's clock,
+// and the margin staleBound leaves for delivery under scheduling noise.
+const faultDelta = 200*time.Millisecond + local.Tick + staleBound
 
 // mpDefault is the CI run: one writer process (2 goroutines writing, one reading)
 // and 3 reader processes (2 goroutines each) on 16 keys for 3 s, about 2,700
@@ -435,6 +453,44 @@ func TestMultiProcessCoherence(t *testing.T) {
 	}
 }
 
+// TestMultiProcessCoherenceUnderFaults is TestMultiProcessCoherence while the nodes'
+// pub/sub connections are killed, one node after another every faultEvery (about 20
+// kills in the CI run): each kill loses the invalidations in flight and suspends the
+// node in every process until it re-subscribes, and what a process holds of the node
+// meanwhile is served within MaxStaleness (200 ms here). The history must be
+// linearizable with reads up to Δ = MaxStaleness + a clock tick + staleBound stale.
+// TIERED_LONG=1 runs it for over 10^5 operations.
+func TestMultiProcessCoherenceUnderFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 4 processes and 4 redis-servers")
+	}
+	cfg := mpDefault()
+	cfg.faults, cfg.delta = true, faultDelta
+	long := os.Getenv("TIERED_LONG") == "1"
+	if long {
+		cfg.duration, cfg.budget, cfg.timeout = 130*time.Second, 100_000, 10*time.Minute
+	}
+	run := runMultiProcess(t, cfg)
+	if long && len(run.ops) < 100_000 {
+		t.Errorf("long run recorded %d operations, want at least 10^5", len(run.ops))
+	}
+	switch run.result {
+	case porcupine.Ok:
+		t.Logf("linearizable with reads up to %v stale, under pub/sub kills", run.delta)
+	case porcupine.Unknown:
+		t.Errorf("porcupine timed out after %v: the history is neither proven linearizable nor illegal", cfg.timeout)
+	default:
+		t.Errorf("NOT linearizable with reads up to %v stale under pub/sub kills", run.delta)
+		run.reportIllegal(t)
+	}
+}
+
+// durationEnv returns the duration in the environment variable name, or 0.
+func durationEnv(name string) time.Duration {
+	d, _ := time.ParseDuration(os.Getenv(name))
+	return d
+}
+
 // TestMultiProcessNegativeControl proves the harness has teeth: the same run with
 // every process ignoring the others' invalidations (see blindToOthers), so that each
 // near-cache serves what it holds for its whole LocalTTL, must be found illegal.
@@ -467,6 +523,7 @@ type mpRun struct {
 	info   porcupine.LinearizationInfo
 	model  porcupine.Model
 	dir    string // the histories, and where the visualization goes
+	delta  time.Duration
 }
 
 // runMultiProcess starts the servers and the children, merges their histories and
@@ -521,12 +578,31 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 		if cfg.blind {
 			p.cmd.Env = append(p.cmd.Env, envBlind+"=1")
 		}
+		if cfg.faults {
+			p.cmd.Env = append(p.cmd.Env, envHealth+"=100ms", envMaxStale+"=200ms")
+		}
 		p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 		p.cmd.WaitDelay = 5 * time.Second
 		if err := p.cmd.Start(); err != nil {
 			t.Fatalf("start child %d: %v", i, err)
 		}
 		procs[i] = p
+	}
+	kills := 0
+	if cfg.faults {
+		tick := time.NewTicker(faultEvery)
+		for i := 0; time.Now().Before(start.Add(cfg.duration)); i++ {
+			<-tick.C
+			if time.Now().Before(start) {
+				continue
+			}
+			if err := servers[i%3].KillPubSubClients(ctx); err != nil {
+				t.Errorf("killing node %d's pub/sub clients: %v", i%3, err)
+			}
+			kills++
+		}
+		tick.Stop()
+		t.Logf("killed a node's pub/sub connections %d times during the run", kills)
 	}
 	for i, p := range procs {
 		if err := p.cmd.Wait(); err != nil {
@@ -591,6 +667,7 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 		total.Loads += s.Loads
 		total.RemoteHits += s.RemoteHits
 		total.InvalidationsReceived += s.InvalidationsReceived
+		total.SubscriptionsLost += s.SubscriptionsLost
 	}
 	if len(errs) > 0 {
 		t.Fatalf("%d operations failed (the children report errors in their exit status too); the first:\n%s",
@@ -609,13 +686,16 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 	if total.LocalHits == 0 || total.RemoteHits == 0 || total.Loads == 0 || (!cfg.blind && total.InvalidationsReceived == 0) {
 		t.Fatalf("the run did not exercise the tiers: %+v", total)
 	}
+	if cfg.faults && (kills == 0 || total.SubscriptionsLost == 0) {
+		t.Fatalf("the faults run lost no subscription (%d kills): %+v", kills, total)
+	}
 
-	run := mpRun{ops: ops, model: registerModel(), dir: dir}
+	run := mpRun{ops: ops, model: registerModel(), dir: dir, delta: cmp.Or(cfg.delta, staleBound)}
 	history := make([]porcupine.Operation, len(ops))
 	for i, op := range ops {
 		call := op.Start
 		if op.Kind == "get" {
-			call -= int64(staleBound) // bounded staleness: see staleBound
+			call -= int64(run.delta) // bounded staleness: see staleBound
 		}
 		history[i] = porcupine.Operation{
 			ClientId: op.client,
@@ -628,7 +708,7 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 	}
 	checkStart := time.Now()
 	run.result, run.info = porcupine.CheckOperationsVerbose(run.model, history, cfg.timeout)
-	t.Logf("porcupine (reads up to %v stale): %s in %v", staleBound, run.result, time.Since(checkStart).Round(time.Millisecond))
+	t.Logf("porcupine (reads up to %v stale): %s in %v", run.delta, run.result, time.Since(checkStart).Round(time.Millisecond))
 	return run
 }
 
