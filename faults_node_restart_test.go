@@ -41,10 +41,11 @@ func TestC4NodeKillRestart(t *testing.T) {
 	seedVersions(t, w, b, keys)
 	ctx := context.Background()
 
-	// B holds near-cache copies of X's keys.
+	// B holds near-cache copies of X's keys, and X is confirmed (see MaxStaleness).
 	for _, k := range xkeys {
 		waitLocal(t, b, k)
 	}
+	waitFor(t, "X confirmed in B", func() bool { return b.local.Fresh(x) })
 	s0 := b.Stats()
 	for _, k := range xkeys {
 		if v, err := b.Get(ctx, k); err != nil || v != "1" {
@@ -148,9 +149,9 @@ func TestC4NodeKillRestart(t *testing.T) {
 		t.Errorf("%d reads of X's keys older than an acknowledged write while B had X down", dead.staleAny+healing.staleAny)
 	}
 	// While X was dead B served what it held of X until X's last confirmation was
-	// MaxStaleness (2 hc) old, then loaded X's keys: it had to load them if X stayed
-	// dead longer than that.
-	if deadStats.Loads == base.Loads && restartAt.Sub(downAt) > 2*hc+local.Tick+margin {
+	// MaxStaleness (readerStale) old, then loaded X's keys: it had to load them if X
+	// stayed dead longer than that.
+	if deadStats.Loads == base.Loads && restartAt.Sub(downAt) > readerStale(hc)+local.Tick+margin {
 		t.Errorf("B did not load X's keys while X was dead for %v", restartAt.Sub(downAt))
 	}
 	if s.SubscriptionsLost == base.SubscriptionsLost || s.FlushesResubscribe == base.FlushesResubscribe {

@@ -170,10 +170,10 @@ func TestC4LostSubscriptionBypass(t *testing.T) {
 			s0.SubscriptionsLost, s1.SubscriptionsLost, s0.FlushesResubscribe, s1.FlushesResubscribe)
 	}
 	// What B holds of X is served until X's last confirmation is MaxStaleness old
-	// (2 hc here, see writerAndReader), no longer.
+	// (readerStale, see writerAndReader), no longer.
 	expired := waitFor(t, "X's last confirmation expires in B", func() bool { return !b.local.Fresh(x) })
-	if late := expired.Sub(downAt); late > 2*hc+local.Tick+margin {
-		t.Errorf("B served X's entries %v after marking it down, more than MaxStaleness %v + a tick + margin", late, 2*hc)
+	if late := expired.Sub(downAt); late > readerStale(hc)+local.Tick+margin {
+		t.Errorf("B served X's entries %v after marking it down, more than MaxStaleness %v + a tick + margin", late, readerStale(hc))
 	}
 	hk := b.local.Hash(k)
 	b.local.Wait()
