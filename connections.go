@@ -283,12 +283,18 @@ func (s *Shared) detach(m member) {
 
 // release ends one Cache's following of n; a removed node followed by no Cache is
 // closed.
-func (s *Shared) release(n *sharedNode) {
+func (s *Shared) release(n *sharedNode) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n.refs--
+	return s.closeIfUnusedLocked(n)
+}
+
+// closeIfUnusedLocked closes n and forgets it if it is no member and no Cache follows
+// it any more.
+func (s *Shared) closeIfUnusedLocked(n *sharedNode) error {
 	if n.refs > 0 || n.member {
-		return
+		return nil
 	}
 	for i, x := range s.nodes {
 		if x == n {
@@ -296,7 +302,7 @@ func (s *Shared) release(n *sharedNode) {
 			break
 		}
 	}
-	n.close()
+	return n.close()
 }
 
 func (n *sharedNode) close() error {
@@ -401,17 +407,7 @@ func (s *Shared) removeLocked(sn *sharedNode) error {
 			errs = append(errs, err)
 		}
 	}
-	if sn.refs == 0 { // followed by no Cache: close it now
-		for i, x := range s.nodes {
-			if x == sn {
-				s.nodes = append(s.nodes[:i:i], s.nodes[i+1:]...)
-				break
-			}
-		}
-		if err := sn.close(); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs = append(errs, s.closeIfUnusedLocked(sn)) // followed by no Cache: closed now
 	return errors.Join(errs...)
 }
 
@@ -512,14 +508,6 @@ func (s *Shared) moveLocked(ctx context.Context, cur *sharedNode, n Node) error 
 		}
 		cur.refs--
 	}
-	if cur.refs == 0 {
-		for i, x := range s.nodes {
-			if x == cur {
-				s.nodes = append(s.nodes[:i:i], s.nodes[i+1:]...)
-				break
-			}
-		}
-		errs = append(errs, cur.close())
-	}
+	errs = append(errs, s.closeIfUnusedLocked(cur))
 	return errors.Join(errs...)
 }

@@ -146,14 +146,17 @@ func (c *Cache[V]) followed(idx int) follow {
 }
 
 // unfollow stops following f; its Handler is called no more when it returns.
-func (c *Cache[V]) unfollow(f follow, release bool) {
+// With release, the Shared closes the node if nothing else uses it, and reports the
+// error of closing its client.
+func (c *Cache[V]) unfollow(f follow, release bool) error {
 	if f.sub == nil {
-		return
+		return nil
 	}
 	f.sn.sub.Remove(f.sub)
 	if release {
-		c.sh.release(f.sn)
+		return c.sh.release(f.sn)
 	}
+	return nil
 }
 
 // newRemote returns the Cache's shared tier over the Shared's member nodes.
@@ -222,9 +225,9 @@ func (c *Cache[V]) Close() error {
 		follows := c.follows
 		c.subsMu.Unlock()
 		for _, f := range follows {
-			c.unfollow(f, true)
+			err = errors.Join(err, c.unfollow(f, true))
 		}
-		c.retire(true)
+		err = errors.Join(err, c.retire(true))
 	}
 	c.local.Close()
 	if c.ownsSh {

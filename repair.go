@@ -30,7 +30,9 @@ func (c *Cache[V]) repairLoop(r *remote.Redis) {
 			}
 		}
 		c.replayHints(r)
-		c.retire(false)
+		if err := c.retire(false); err != nil {
+			c.opts.Logger.Warn("tiered: closing a removed node's client failed", "err", err)
+		}
 	}
 }
 
@@ -117,8 +119,8 @@ func (c *Cache[V]) replayOwn(r *remote.Redis) error {
 }
 
 // retire ends the subscriptions of removed nodes whose handoff is over (all of them
-// if all), and closes the clients the Cache created for them.
-func (c *Cache[V]) retire(all bool) {
+// if all), and closes the clients the Cache created for them, reporting the errors.
+func (c *Cache[V]) retire(all bool) error {
 	c.retiredMu.Lock()
 	var done []retired
 	keep := c.retired[:0]
@@ -131,7 +133,9 @@ func (c *Cache[V]) retire(all bool) {
 	}
 	c.retired = keep
 	c.retiredMu.Unlock()
+	var errs []error
 	for _, rt := range done {
-		c.unfollow(rt.f, true)
+		errs = append(errs, c.unfollow(rt.f, true))
 	}
+	return errors.Join(errs...)
 }
