@@ -224,8 +224,10 @@ func (c *Cache[V]) Close() error {
 		c.subsMu.Lock()
 		follows := c.follows
 		c.subsMu.Unlock()
-		for _, f := range follows {
-			err = errors.Join(err, c.unfollow(f, true))
+		for idx, f := range follows {
+			if c.isMember(idx) { // removed nodes are retire's
+				err = errors.Join(err, c.unfollow(f, true))
+			}
 		}
 		err = errors.Join(err, c.retire(true))
 	}
