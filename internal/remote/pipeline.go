@@ -114,14 +114,26 @@ func (p *pipeliner) one(ctx context.Context, cmd redis.Cmder) {
 	_ = p.c.Process(ctx, cmd)
 }
 
-// next is called when a pipeline (or a lone command) returns: the commands queued
-// meanwhile go out as the next pipeline, or the slot is freed.
+// next is called when a lone command returns: the commands queued meanwhile go out
+// as the next pipeline, or the slot is freed.
 func (p *pipeliner) next() {
+	batch := p.take()
+	if batch == nil {
+		return
+	}
+	// Counted while this caller's own call still holds its slot, so the count
+	// never falls to zero while a successor is being started.
+	p.wg.Go(func() { p.runAll(batch) })
+}
+
+// take returns the next batch of queued commands, keeping the slot for it, or frees
+// the slot and returns nil if none is queued.
+func (p *pipeliner) take() []*queued {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if len(p.queue) == 0 {
 		p.inflight--
-		p.mu.Unlock()
-		return
+		return nil
 	}
 	n := min(len(p.queue), maxBatch)
 	batch := p.queue[:n:n]
@@ -130,15 +142,20 @@ func (p *pipeliner) next() {
 	} else {
 		p.queue = append([]*queued(nil), p.queue[n:]...)
 	}
-	p.mu.Unlock()
-	// Counted while this caller's own pipeline (or call) still holds its slot, so
-	// the count never falls to zero while a successor is being started.
-	p.wg.Go(func() { p.run(batch) })
+	return batch
 }
 
-// run sends batch as one pipeline under its own deadline, then hands on its slot.
+// runAll sends batch, then whatever queued meanwhile, in this goroutine, until the
+// queue is empty: under sustained load one goroutine (whose stack has grown to what
+// a pipeline needs) sends pipeline after pipeline, rather than a new one each time.
+func (p *pipeliner) runAll(batch []*queued) {
+	for ; batch != nil; batch = p.take() {
+		p.run(batch)
+	}
+}
+
+// run sends batch as one pipeline under its own deadline.
 func (p *pipeliner) run(batch []*queued) {
-	defer p.next()
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	send := batch[:0:0]
