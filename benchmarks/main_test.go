@@ -19,6 +19,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	scratchNodes.stop()
 	zipfNodes.stop()
+	faultNodes.stop()
 	if err := goleak.Find(); err != nil {
 		fmt.Fprintf(os.Stderr, "goroutines left running after Close: %v\n", err)
 		code = 1

@@ -14,11 +14,13 @@ import (
 // the value, with no singleflight: the plain cache-aside loop.
 var goredisPeer = Peer{Name: "go-redis", Shards: true, New: newGoredis}
 
-// newRing returns a redis.Ring over nodes, go-redis's defaults otherwise. newClient,
-// if not nil, creates each shard's client (to enable client-side caching).
-func newRing(nodes []string, newClient func(*redis.Options) *redis.Client) *redis.Ring {
-	addrs := make(map[string]string, len(nodes))
-	for i, a := range nodes {
+// newRing returns a redis.Ring over cfg's nodes (dialled at cfg.dialAddrs()), go-redis's
+// defaults otherwise. The shards are named by their index, so that a replica dialling
+// through proxies places keys as the others do. newClient, if not nil, creates each
+// shard's client (to enable client-side caching).
+func newRing(cfg Config, newClient func(*redis.Options) *redis.Client) *redis.Ring {
+	addrs := make(map[string]string, len(cfg.Nodes))
+	for i, a := range cfg.dialAddrs() {
 		addrs[fmt.Sprintf("n%d", i)] = a
 	}
 	return redis.NewRing(&redis.RingOptions{Addrs: addrs, NewClient: newClient})
@@ -61,7 +63,7 @@ type goredisSys struct {
 }
 
 func newGoredis(cfg Config) (System, error) {
-	s := &goredisSys{ring: newRing(cfg.Nodes, nil)}
+	s := &goredisSys{ring: newRing(cfg, nil)}
 	s.aside = cacheAside{rdb: s.ring, cfg: cfg}
 	return s, nil
 }

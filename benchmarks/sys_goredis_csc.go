@@ -1,6 +1,7 @@
 package benchmarks
 
 import (
+	"cmp"
 	"context"
 	"sync"
 
@@ -11,7 +12,8 @@ import (
 // "experimental"): RESP3, CLIENT TRACKING on every pooled connection, a bounded
 // in-process cache per client whose entries Redis invalidation pushes evict. It works
 // on standalone clients only, so here each shard client of the redis.Ring gets its
-// own cache (a third of the near-cache budget each); MaxStaleness is LocalTTL. Reads
+// own cache (a third of the near-cache budget each); MaxStaleness is LocalTTL (1 s in
+// the fault workload: Config.MaxStaleness). Reads
 // go through the same cache-aside loop as raw go-redis; no singleflight.
 var goredisCSCPeer = Peer{Name: "go-redis-csc", Shards: true, Near: true, New: newGoredisCSC}
 
@@ -25,11 +27,11 @@ type goredisCSCSys struct {
 
 func newGoredisCSC(cfg Config) (System, error) {
 	s := &goredisCSCSys{}
-	s.ring = newRing(cfg.Nodes, func(o *redis.Options) *redis.Client {
+	s.ring = newRing(cfg, func(o *redis.Options) *redis.Client {
 		o.Protocol = 3
 		o.ClientSideCacheConfig = &redis.ClientSideCacheConfig{
 			MaxMemoryBytes: cfg.NearBytes / int64(len(cfg.Nodes)),
-			MaxStaleness:   cfg.LocalTTL,
+			MaxStaleness:   cmp.Or(cfg.MaxStaleness, cfg.LocalTTL),
 		}
 		c := redis.NewClient(o)
 		s.mu.Lock()

@@ -39,7 +39,7 @@ func (c *countingLocal) Get(key string) ([]byte, bool) {
 
 func newGorediscache(cfg Config) (System, error) {
 	s := &gorediscacheSys{
-		ring:  newRing(cfg.Nodes, nil),
+		ring:  newRing(cfg, nil),
 		local: &countingLocal{TinyLFU: cache.NewTinyLFU(cfg.NearEntries, cfg.LocalTTL)},
 		cfg:   cfg,
 	}

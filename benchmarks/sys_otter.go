@@ -32,7 +32,7 @@ func newOtter(cfg Config) (System, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &otterSys{near: near, ring: newRing(cfg.Nodes, nil)}
+	s := &otterSys{near: near, ring: newRing(cfg, nil)}
 	s.aside = cacheAside{rdb: s.ring, cfg: cfg}
 	s.load = func(ctx context.Context, key string) (string, error) {
 		v, hit, err := s.aside.get(ctx, key)

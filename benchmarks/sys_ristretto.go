@@ -33,7 +33,7 @@ func newRistretto(cfg Config) (System, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &ristrettoSys{near: near, ring: newRing(cfg.Nodes, nil), cfg: cfg}
+	s := &ristrettoSys{near: near, ring: newRing(cfg, nil), cfg: cfg}
 	s.aside = cacheAside{rdb: s.ring, cfg: cfg}
 	return s, nil
 }

@@ -27,7 +27,7 @@ type rueidisSys struct {
 func newRueidis(cfg Config) (System, error) {
 	const multiplex = 1 // 1<<1 connections
 	c, err := rueidis.NewClient(rueidis.ClientOption{
-		InitAddress:       cfg.Nodes[:1],
+		InitAddress:       cfg.dialAddrs()[:1],
 		ForceSingleClient: true,
 		PipelineMultiplex: multiplex,
 		CacheSizeEachConn: int(cfg.NearBytes >> multiplex),

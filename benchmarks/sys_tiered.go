@@ -18,7 +18,7 @@ var tiered1NodePeer = Peer{Name: "tiered-1node", Shards: false, Near: true, New:
 type tieredSys struct{ c *tiered.Cache[string] }
 
 func newTiered(cfg Config) (System, error) {
-	c, err := tiered.New(tiered.Options[string]{
+	o := tiered.Options[string]{
 		Loader:       tiered.LoaderFunc[string](cfg.Loader),
 		Addrs:        cfg.Nodes,
 		Namespace:    "tiered",
@@ -26,7 +26,17 @@ func newTiered(cfg Config) (System, error) {
 		LocalTTL:     cfg.LocalTTL,
 		LocalMaxCost: cfg.NearBytes,
 		Timeout:      cfg.Timeout,
-	})
+	}
+	if cfg.Dial != nil {
+		// Through proxies: each node keeps its address as its name (its place on the
+		// ring) and is dialled at the proxy's; the Cache creates and closes the
+		// clients as it does for Addrs.
+		o.Addrs = nil
+		for i, n := range cfg.Nodes {
+			o.Nodes = append(o.Nodes, tiered.Node{Name: n, Addr: cfg.Dial[i]})
+		}
+	}
+	c, err := tiered.New(o)
 	if err != nil {
 		return nil, err
 	}

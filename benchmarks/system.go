@@ -57,6 +57,24 @@ type Config struct {
 	// bound (tiered; its default is 100 ms). Only the replicas that populate Redis
 	// before a run set it, so that a loaded machine cannot fail the setup.
 	Timeout time.Duration
+	// Dial, if not nil, holds the addresses this replica connects to instead of
+	// Nodes, one per node and in the same order: a proxy in front of each node (the
+	// fault workload). Every connection of the replica (data, pub/sub, tracking) goes
+	// there, while the nodes keep the identity Nodes gives them, so that keys have
+	// the same owners as on the replicas that dial the nodes directly.
+	Dial []string
+	// MaxStaleness, if not zero, is the staleness backstop of a near-cache that takes
+	// one besides its TTL (go-redis-csc's ClientSideCacheConfig.MaxStaleness);
+	// zero means LocalTTL. tiered ignores it: it runs with its own default.
+	MaxStaleness time.Duration
+}
+
+// dialAddrs returns the address to connect to for each of Nodes.
+func (c Config) dialAddrs() []string {
+	if c.Dial != nil {
+		return c.Dial
+	}
+	return c.Nodes
 }
 
 // Peer describes one system under test.
