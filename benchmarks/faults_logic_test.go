@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -122,37 +123,42 @@ func TestSchedule(t *testing.T) {
 }
 
 // TestLinkProxy checks the proxies the fault workload puts between the reader and the
-// nodes, in front of an echo server: a black hole keeps the connection open and
-// silent; cut closes it (resets it, with rst) and serves new connections on the same
-// address; latency delays both ways and its removal does not cut the connection.
+// nodes, in front of an echo server: latency delays both ways and switching it off
+// keeps the connection; a black hole keeps the connection open and silent; cut closes
+// it (resets it, with a reset_peer toxic) and serves new connections on the same
+// address.
 func TestLinkProxy(t *testing.T) {
 	echo := startEcho(t)
 	const lat = 40 * time.Millisecond
 	for _, rst := range []bool{false, true} {
-		l, err := newLinkProxy(toxiproxyServer(), "test", echo, rst)
+		toxics := []toxic{{"timeout", `{"timeout":0}`}, {"latency", `{"latency":40}`}}
+		if rst {
+			toxics = append(toxics, toxic{"reset_peer", `{"timeout":0}`})
+		}
+		l, err := newLinkProxy(toxiproxyServer(), "test", echo, toxics...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		addr := l.Addr()
 		c := dialEcho(t, addr)
-		if _, err := roundTrip(c, time.Second); err != nil {
-			t.Fatalf("through the proxy: %v", err)
+		if d, err := roundTrip(c, time.Second); err != nil || d >= lat {
+			t.Fatalf("through the proxy: round trip %v, %v", d, err)
 		}
 
-		if err := l.addToxic("latency", `{"latency":40}`); err != nil {
+		if err := l.activate("latency"); err != nil {
 			t.Fatal(err)
 		}
 		if d, err := roundTrip(c, time.Second); err != nil || d < 2*lat {
 			t.Errorf("with %v of latency each way: round trip %v, %v", lat, d, err)
 		}
-		if err := l.removeToxic("latency"); err != nil {
+		if err := l.deactivate("latency"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := roundTrip(c, time.Second); err != nil {
-			t.Errorf("after the latency was removed: %v", err)
+		if d, err := roundTrip(c, time.Second); err != nil || d >= lat {
+			t.Errorf("after the latency was switched off: round trip %v, %v", d, err)
 		}
 
-		if err := l.addToxic("timeout", `{"timeout":0}`); err != nil {
+		if err := l.activate("timeout"); err != nil {
 			t.Fatal(err)
 		}
 		var ne net.Error
@@ -181,6 +187,66 @@ func TestLinkProxy(t *testing.T) {
 		c.Close()
 		l.stop()
 	}
+	if err := waitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestLinkProxyWriterGone checks that a link whose writer has gone while data kept
+// coming (a client that closed its connection in the middle of a stream) does not
+// keep toxiproxy's goroutines running after the proxy stops: the guard's job.
+func TestLinkProxyWriterGone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() { // a server that streams to every client until told to stop
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				chunk := make([]byte, 4096)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+					if _, err := c.Write(chunk); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+						return
+					}
+				}
+			})
+		}
+	})
+	defer func() { close(stop); ln.Close(); wg.Wait() }()
+
+	l, err := newLinkProxy(toxiproxyServer(), "gone", ln.Addr().String(), toxic{"reset_peer", `{"timeout":0}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.guard = 100 * time.Millisecond
+	if err := l.cut(); err != nil { // the live proxy's guards get the short patience
+		t.Fatal(err)
+	}
+	for range 5 {
+		c := dialEcho(t, l.Addr())
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		c.Close() // with the stream still coming
+		if err := l.cut(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.stop()
 	if err := waitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
 		t.Error(err)
 	}

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/Shopify/toxiproxy/v2/toxics"
 	"github.com/rs/zerolog"
 
 	"github.com/tieredcache/tiered/internal/redistest"
@@ -76,8 +77,8 @@ var faultNodes nodeGroup
 // `every` while it lasts, end lifts it.
 type fault struct {
 	name    string
-	proxied bool // the reader dials through proxies
-	rst     bool // the proxies reset their connections (RST) when they stop
+	proxied bool    // the reader dials through proxies
+	toxics  []toxic // the toxics the proxies carry, inactive until begin
 	begin   func(*faultEnv) error
 	every   time.Duration
 	repeat  func(*faultEnv) error
@@ -93,31 +94,37 @@ type faultEnv struct {
 
 var faults = []fault{
 	{
-		// Bytes stop both ways; connections stay open and new ones are accepted and
-		// silent too: only a timeout or a ping can tell. The end stops the proxies,
-		// which closes every connection through them (as removing toxiproxy's
-		// timeout toxic would: see linkProxy), and starts clean ones on the same
-		// addresses.
+		// Bytes stop both ways (toxiproxy's timeout toxic, timeout 0); connections
+		// stay open, and new ones are accepted and silent too: only a timeout or a
+		// ping can tell. The end stops the proxies, which closes every connection
+		// through them (as removing the timeout toxic would: a link that dropped
+		// bytes cannot carry on), and starts clean ones on the same addresses.
 		name: "blackhole", proxied: true,
-		begin: forEachProxy(func(l *linkProxy) error { return l.addToxic("timeout", `{"timeout":0}`) }),
-		end:   forEachProxy((*linkProxy).cut),
+		toxics: []toxic{{"timeout", `{"timeout":0}`}},
+		begin:  forEachProxy(func(l *linkProxy) error { return l.activate("timeout") }),
+		end:    forEachProxy((*linkProxy).cut),
 	},
 	{
-		// Every connection through the proxies is reset (TCP RST) every 300 ms;
-		// the clients reconnect at once in between.
-		name: "resets", proxied: true, rst: true,
+		// Every connection through the proxies is reset (TCP RST) every 300 ms; the
+		// clients reconnect at once in between. A cut stops the proxy and starts a
+		// clean one; the reset_peer toxic never acts (toxicity 0), but its presence
+		// makes toxiproxy set SO_LINGER 0 on both sockets of every link
+		// (ToxicLink.Start), so that closing them resets them.
+		name: "resets", proxied: true,
+		toxics: []toxic{{"reset_peer", `{"timeout":0}`}},
 		begin:  forEachProxy((*linkProxy).cut),
 		every:  resetEvery,
 		repeat: forEachProxy((*linkProxy).cut),
 		end:    func(*faultEnv) error { return nil },
 	},
 	{
-		// 200 ms more each way on every byte; the connections stay up throughout.
+		// 200 ms more each way on every byte (toxiproxy's latency toxic); the
+		// connections stay up throughout, and the bytes held back when it ends go
+		// on at once.
 		name: "latency", proxied: true,
-		begin: forEachProxy(func(l *linkProxy) error {
-			return l.addToxic("latency", fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds()))
-		}),
-		end: forEachProxy(func(l *linkProxy) error { return l.removeToxic("latency") }),
+		toxics: []toxic{{"latency", fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())}},
+		begin:  forEachProxy(func(l *linkProxy) error { return l.activate("latency") }),
+		end:    forEachProxy(func(l *linkProxy) error { return l.deactivate("latency") }),
 	},
 	{
 		// The first node (the one rueidis uses) is killed with SIGKILL and, at the
@@ -233,7 +240,7 @@ type episodeResult struct {
 // faultSummary adds up the episodes of a run: counts add up, times are the worst
 // episode's.
 type faultSummary struct {
-	faultTally                      // lastStale unused
+	faultTally        // lastStale unused
 	writes, writeErrs uint64
 	lastStale         time.Duration // from a fault's end to the last read stale past 100 ms: the latest
 	anyStale          bool          // whether any read was stale past 100 ms (lastStale is set)
@@ -325,7 +332,7 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 	rcfg := cfg
 	if f.proxied {
 		for i, n := range cfg.Nodes {
-			l, err := newLinkProxy(toxiproxyServer(), fmt.Sprintf("node-%d", i), n, f.rst)
+			l, err := newLinkProxy(toxiproxyServer(), fmt.Sprintf("node-%d", i), n, f.toxics...)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -401,10 +408,12 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 		wg.Go(func() {
 			zipf, _ := newFaultZipf(g, seed)
 			t := newFaultTally()
+			var budget readBudget
+			defer budget.release()
 			for ctx.Err() == nil {
 				i := int(zipf.Uint64())
 				start := chk.Now()
-				v, err := reader.Get(ctx, w.keys[i])
+				v, err := reader.Get(budget.context(ctx), w.keys[i])
 				if err != nil {
 					if ctx.Err() == nil {
 						t.fail(err)
@@ -448,6 +457,36 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 	return res
 }
 
+// readBudget gives each read of a reader goroutine a deadline, as a service gives its
+// requests one: between readDeadline/2 and readDeadline after the read begins. A
+// context with a deadline costs a timer, too much for a near hit's tens of
+// nanoseconds, so one serves the goroutine's reads for readDeadline/2.
+type readBudget struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	renew  time.Time
+}
+
+// readDeadline is the longest a read of the fault workload may take: a read blocked on
+// a dead link fails after at most this, rather than holding its goroutine for the
+// whole fault.
+const readDeadline = time.Second
+
+func (r *readBudget) context(parent context.Context) context.Context {
+	if now := time.Now(); r.ctx == nil || now.After(r.renew) {
+		r.release()
+		r.ctx, r.cancel = context.WithTimeout(parent, readDeadline)
+		r.renew = now.Add(readDeadline / 2)
+	}
+	return r.ctx
+}
+
+func (r *readBudget) release() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+}
+
 // newFaultZipf returns a Zipf (s = 1.1) generator over the fault workload's keys.
 func newFaultZipf(id int, seed uint64) (*rand.Zipf, *rand.Rand) {
 	r := rand.New(rand.NewPCG(uint64(id), seed^0xfa017))
@@ -475,46 +514,64 @@ var toxiproxyServer = sync.OnceValue(func() *toxiproxy.ApiServer {
 	return toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 })
 
+// toxic is a toxiproxy toxic a linkProxy carries on both directions from its start,
+// inactive (toxicity 0: toxiproxy runs its no-op instead) until activate.
+type toxic struct {
+	kind  string // toxiproxy's type: "timeout", "latency", "reset_peer"
+	attrs string // its attributes, JSON
+}
+
 // linkProxy is an in-process toxiproxy in front of one node, at an address that stays
 // the same for its lifetime: cut stops the live proxy, which closes every connection
 // through it, and starts a clean one on the same address.
 //
-// Faults end by replacing the proxy rather than by removing a timeout toxic: removing
-// one closes every connection through it anyway (TimeoutToxic.Cleanup), and in
-// v2.12.0 it can leave the stub before it blocked for ever on the removed stub's
-// input (ToxicLink.RemoveToxic returns early after Cleanup without re-linking it);
-// stopping the proxy with the toxics in place drains every link. The latency toxic
-// has no Cleanup and is removed in place.
+// Its toxics are in place from the start and switched on and off by their toxicity,
+// never added or removed under traffic: in v2.12.0, removing a timeout toxic returns
+// early after its Cleanup without re-linking the stub before it, which then blocks
+// for ever on the removed stub's input, and adding or removing one interrupts every
+// stub of the chain. Every chain ends with a guard (guardToxic): toxiproxy's own
+// stubs block for ever sending to a link's writer that has gone (its connection failed
+// while data was still coming: a client closing a connection, or cut), which keeps
+// the link's goroutines alive after the proxy stops; the guard stops waiting after a
+// while, closes the link, and drains what comes.
 type linkProxy struct {
 	srv      *toxiproxy.ApiServer
 	name     string
 	upstream string
-	rst      bool
+	toxics   []toxic
+	guard    time.Duration // the guard's patience
 
 	mu     sync.Mutex         // protects the fields below
 	listen string             // the address, fixed by the first start
 	all    []*toxiproxy.Proxy // every proxy started; the live one last
 }
 
-func newLinkProxy(srv *toxiproxy.ApiServer, name, upstream string, rst bool) (*linkProxy, error) {
-	l := &linkProxy{srv: srv, name: name, upstream: upstream, rst: rst, listen: "127.0.0.1:0"}
+// guardPatience is how long a link's guard waits for its writer to take a chunk before
+// it gives the link up: far longer than a live client takes to read on loopback.
+const guardPatience = 2 * time.Second
+
+func newLinkProxy(srv *toxiproxy.ApiServer, name, upstream string, toxics ...toxic) (*linkProxy, error) {
+	l := &linkProxy{srv: srv, name: name, upstream: upstream, toxics: toxics, guard: guardPatience, listen: "127.0.0.1:0"}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l, l.startLocked()
 }
 
-// startLocked starts a clean proxy on l.listen. With rst, it carries a reset_peer
-// toxic of toxicity 0: it never acts, but its presence makes toxiproxy set SO_LINGER 0
-// on both sockets of every link (ToxicLink.Start), so that stopping the proxy resets
-// its connections (RST) instead of closing them (FIN).
+var streams = [...]string{"upstream", "downstream"}
+
+// startLocked starts a clean proxy on l.listen, its toxics inactive, a guard last.
 func (l *linkProxy) startLocked() error {
 	p := toxiproxy.NewProxy(l.srv, l.name, l.listen, l.upstream)
-	if l.rst {
-		for _, stream := range []string{"upstream", "downstream"} {
-			js := fmt.Sprintf(`{"name":"rst_%s","type":"reset_peer","stream":%q,"toxicity":0,"attributes":{"timeout":0}}`, stream, stream)
+	for _, stream := range streams {
+		for _, t := range l.toxics {
+			js := fmt.Sprintf(`{"name":"%s_%s","type":%q,"stream":%q,"toxicity":0,"attributes":%s}`, t.kind, stream, t.kind, stream, t.attrs)
 			if _, err := p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-				return fmt.Errorf("toxiproxy %s: %v", l.name, err)
+				return fmt.Errorf("toxiproxy %s: %s: %v", l.name, t.kind, err)
 			}
+		}
+		js := fmt.Sprintf(`{"name":"guard_%s","type":%q,"stream":%q,"toxicity":1,"attributes":{"patience_ms":%d}}`, stream, guardType, stream, l.guard.Milliseconds())
+		if _, err := p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			return fmt.Errorf("toxiproxy %s: guard: %v", l.name, err)
 		}
 	}
 	if err := p.Start(); err != nil {
@@ -534,33 +591,27 @@ func (l *linkProxy) Addr() string {
 
 func (l *linkProxy) live() *toxiproxy.Proxy { return l.all[len(l.all)-1] }
 
-// addToxic adds a toxic of the kind with the attributes (JSON) to both directions.
-func (l *linkProxy) addToxic(kind, attrs string) error {
+// activate switches the toxic of the kind on in both directions, on the live proxy.
+func (l *linkProxy) activate(kind string) error { return l.setToxicity(kind, 1) }
+
+// deactivate switches it off.
+func (l *linkProxy) deactivate(kind string) error { return l.setToxicity(kind, 0) }
+
+func (l *linkProxy) setToxicity(kind string, toxicity float32) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, stream := range []string{"downstream", "upstream"} {
-		js := fmt.Sprintf(`{"name":"%s_%s","type":%q,"stream":%q,"toxicity":1,"attributes":%s}`, kind, stream, kind, stream, attrs)
-		if _, err := l.live().Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-			return fmt.Errorf("toxiproxy %s: add %s: %v", l.name, kind, err)
+	for _, stream := range streams {
+		js := fmt.Sprintf(`{"toxicity":%g}`, toxicity)
+		if _, err := l.live().Toxics.UpdateToxicJson(kind+"_"+stream, strings.NewReader(js)); err != nil {
+			return fmt.Errorf("toxiproxy %s: %s toxicity %g: %v", l.name, kind, toxicity, err)
 		}
 	}
 	return nil
 }
 
-// removeToxic removes what addToxic(kind) added.
-func (l *linkProxy) removeToxic(kind string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, stream := range []string{"downstream", "upstream"} {
-		if err := l.live().Toxics.RemoveToxic(context.Background(), kind+"_"+stream); err != nil {
-			return fmt.Errorf("toxiproxy %s: remove %s: %v", l.name, kind, err)
-		}
-	}
-	return nil
-}
-
-// cut stops the live proxy, closing (with rst: resetting) every connection through
-// it, and starts a clean one on the same address.
+// cut stops the live proxy, closing every connection through it (resetting them, if
+// the proxy carries a reset_peer toxic: see the resets fault), and starts a clean one on
+// the same address, its toxics inactive.
 func (l *linkProxy) cut() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -574,6 +625,44 @@ func (l *linkProxy) stop() {
 	defer l.mu.Unlock()
 	for _, p := range l.all {
 		p.Stop()
+	}
+}
+
+// guardType is the guard's toxiproxy type, registered by this package.
+const guardType = "benchmarks_guard"
+
+func init() { toxics.Register(guardType, new(guardToxic)) }
+
+// guardToxic passes every chunk on, waiting up to Patience for the link's writer to
+// take it. A writer that does not has gone (its connection failed) or is stuck: the
+// guard then closes the link's output, which ends the writer if it was still there,
+// and drops whatever else comes until the input closes, so that no stub before it
+// blocks for ever. It never drops a chunk on a link it keeps open.
+type guardToxic struct {
+	Patience int64 `json:"patience_ms"`
+}
+
+func (g *guardToxic) Pipe(stub *toxics.ToxicStub) {
+	patience := time.Duration(g.Patience) * time.Millisecond
+	for {
+		select {
+		case <-stub.Interrupt:
+			return
+		case c := <-stub.Input:
+			if c == nil {
+				stub.Close()
+				return
+			}
+			if stub.WriteOutput(c, patience) != nil {
+				stub.Close()
+				for c := range stub.Input {
+					if c == nil {
+						return
+					}
+				}
+				return
+			}
+		}
 	}
 }
 
