@@ -79,7 +79,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		}
 	}
 	if len(led) > 0 {
-		if rest := c.readMany(context.WithoutCancel(ctx), led); len(rest) > 0 {
+		if rest := c.readMany(detached(ctx), led); len(rest) > 0 {
 			c.wg.Add(1)
 			go c.loadMany(ctx, rest)
 		}

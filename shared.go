@@ -43,7 +43,7 @@ type sharedLeaser interface {
 // sharedWriter writes and publishes invalidations (write.go), or repairs undecodable
 // bytes (loader.go, batch.go).
 type sharedWriter interface {
-	Set(ctx context.Context, node int, key string, b []byte, ttl time.Duration, payload []byte) error
+	Set(ctx context.Context, node int, key string, b []byte, ttl time.Duration, payload func(keys []string) []byte) error
 	Del(ctx context.Context, items []remote.Item, payload func(keys []string) []byte) error
 	Repair(ctx context.Context, node int, key string, b []byte, ttl time.Duration) error
 	FillMany(ctx context.Context, items []remote.Item, ttl func(i int) time.Duration)
@@ -88,7 +88,7 @@ func (noShared) AwaitFill(context.Context, int, string) ([]byte, bool, error) {
 func (noShared) FillRefreshed(context.Context, int, string, string, []byte, time.Duration) error {
 	return nil
 }
-func (noShared) Set(context.Context, int, string, []byte, time.Duration, []byte) error {
+func (noShared) Set(context.Context, int, string, []byte, time.Duration, func([]string) []byte) error {
 	return nil
 }
 func (noShared) Del(context.Context, []remote.Item, func([]string) []byte) error  { return nil }

@@ -35,14 +35,15 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 	h := c.local.Hash(key)
 	node := c.shared.Owner(key)
 	f := c.local.Fence(h, node) // before the write: see local.Cache.Replace
-	msg := invalidation.AppendPayload(nil, c.origin, time.Now().UnixMicro(), []string{key})
+	sent := time.Now().UnixMicro()
+	msg := func(keys []string) []byte { return invalidation.AppendPayload(nil, c.origin, sent, keys) }
 	if err := c.shared.Set(ctx, node, key, frame, ttl, msg); err != nil {
 		c.local.Invalidate(h)
 		return fmt.Errorf("tiered: set %q: %w", key, err)
 	}
 	if prev, moved := c.handoffOwner(key, node); moved {
 		// Best effort: a failure is remembered and replayed (see membership.go).
-		_ = c.shared.Del(ctx, []remote.Item{{Key: key, Node: prev}}, func(keys []string) []byte { return msg })
+		_ = c.shared.Del(ctx, []remote.Item{{Key: key, Node: prev}}, msg)
 	}
 	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), c.refreshIn(ttl), c.localOnly)
 	c.wakeFill(key) // a flight here waiting for another process's fill reads the new value

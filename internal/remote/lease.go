@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -155,9 +156,45 @@ func (r *Redis) ReleaseRefreshLease(ctx context.Context, idx int, key, token str
 // LeaseKey returns the Redis key of key's lease.
 func (r *Redis) LeaseKey(key string) string { return r.Key(key) + ":lease" }
 
-// NewToken returns a lease token, unique with overwhelming probability.
+// tokenPrefix makes this process's lease tokens unique across processes; tokenSeq,
+// within it.
+var (
+	tokenPrefix = strconv.FormatUint(rand.Uint64(), 36) + "."
+	tokenSeq    atomic.Uint64
+)
+
+// NewToken returns a lease token: unique within the process by its sequence number,
+// and across processes with overwhelming probability by its random prefix.
 func NewToken() string {
-	return strconv.FormatUint(rand.Uint64(), 36) + strconv.FormatUint(rand.Uint64(), 36)
+	var buf [32]byte
+	return string(strconv.AppendUint(append(buf[:0], tokenPrefix...), tokenSeq.Add(1), 36))
+}
+
+// leaseCmd holds the arguments of one SET <key> <placeholder> NX GET PX <ttl> and the
+// strings they point to, in one allocation for the usual key lengths: go-redis writes
+// *string and *int64 arguments as it writes string and int64 ones, and boxing a
+// pointer (or a constant) allocates nothing. Nothing writes to it once built.
+type leaseCmd struct {
+	args    [7]any
+	key, ph string // the Redis key and the placeholder
+	px      int64
+	buf     [64]byte // key and ph, when they fit
+}
+
+func (r *Redis) newLeaseCmd(key, token string, ttl time.Duration) *leaseCmd {
+	lc := &leaseCmd{px: max(ttl.Milliseconds(), 1)}
+	n := len(r.prefix) + len(key) + 1 + len(placeholderPrefix) + len(token)
+	b := lc.buf[:0]
+	if n > len(lc.buf) {
+		b = make([]byte, 0, n)
+	}
+	b = append(append(append(b, r.prefix...), key...), '}')
+	k := len(b)
+	b = append(append(b, placeholderPrefix...), token...)
+	lc.key = unsafe.String(&b[0], k)
+	lc.ph = unsafe.String(&b[k], len(b)-k)
+	lc.args = [7]any{"set", &lc.key, &lc.ph, "nx", "get", "px", &lc.px}
+	return lc
 }
 
 // Lease reads key and, if it is missing, takes its lease with token for ttl, in one
@@ -166,7 +203,7 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 	var res string
 	var won bool // the reply was nil: the key was missing and now holds our placeholder
 	err := r.call(ctx, idx, key, "read", true, func(ctx context.Context, n *node) (err error) {
-		cmd := redis.NewStatusCmd(ctx, "set", r.Key(key), placeholder(token), "nx", "get", "px", max(ttl.Milliseconds(), 1))
+		cmd := redis.NewStatusCmd(ctx, r.newLeaseCmd(key, token, ttl).args[:]...)
 		switch err = n.p.do(ctx, cmd); {
 		case err == nil:
 			res = cmd.Val()

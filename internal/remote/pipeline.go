@@ -53,6 +53,8 @@ type pipeliner struct {
 	// command to its slot's master, and one hung master must not hold up the
 	// others' commands behind it, so there every command is sent at once (no limit).
 	limit int
+	// sets builds the script call that applies writes and publishes their message.
+	sets func(context.Context, []*write) *redis.Cmd
 
 	mu       sync.Mutex // protects inflight and queue
 	inflight int
@@ -61,13 +63,28 @@ type pipeliner struct {
 }
 
 type queued struct {
-	cmd  redis.Cmder
+	cmd  redis.Cmder   // a command, or
+	w    *write        // a write, sent with the batch's other writes as one script call
 	at   time.Time     // when it was queued
-	done chan struct{} // closed when cmd has its result
+	done chan struct{} // closed when cmd or w has its result
 }
 
-func newPipeliner(c redis.UniversalClient, timeout time.Duration) *pipeliner {
-	p := &pipeliner{c: c, timeout: timeout, limit: math.MaxInt}
+// A write is a Set on its way to the node. A lone one is sent at once, as one script
+// call; writes that queue behind a busy node go out together, as one call of the same
+// script over all their keys, with one sequence number and one invalidation message
+// for all of them (Redis.setCmd): under concurrent writes the node runs one script
+// and publishes one message per batch rather than per write, and every subscriber
+// reads one message. A lone write is never held back to wait for company.
+type write struct {
+	key     string // the user's key
+	b       []byte // the framed value
+	ms      int64  // its TTL, in milliseconds
+	payload func(keys []string) []byte
+	err     error // set when it has its result
+}
+
+func newPipeliner(c redis.UniversalClient, timeout time.Duration, sets func(context.Context, []*write) *redis.Cmd) *pipeliner {
+	p := &pipeliner{c: c, timeout: timeout, limit: math.MaxInt, sets: sets}
 	if cl, ok := c.(*redis.Client); ok {
 		p.limit = maxInflight
 		o := cl.Options()
@@ -98,6 +115,58 @@ func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
 		return cmd.Err()
 	case <-ctx.Done():
 		return abandoned{ctx.Err()}
+	}
+}
+
+// set applies w on the node, alone at once if the node is idle, or queued and then
+// together with the other writes of its batch; the error is as do's.
+func (p *pipeliner) set(ctx context.Context, w *write) error {
+	p.mu.Lock()
+	if p.inflight < p.limit {
+		p.inflight++
+		p.mu.Unlock()
+		p.sendSets(ctx, []*write{w}, nil)
+		p.next()
+		return w.err
+	}
+	q := &queued{w: w, at: time.Now(), done: make(chan struct{})}
+	p.queue = append(p.queue, q)
+	p.mu.Unlock()
+	select {
+	case <-q.done:
+		return w.err
+	case <-ctx.Done():
+		return abandoned{ctx.Err()}
+	}
+}
+
+// sendSets sends ws as one script call, alone, or in pipe (which the caller then
+// executes) when pipe is not nil. It returns the call, whose reply finish hands to ws.
+func (p *pipeliner) sendSets(ctx context.Context, ws []*write, pipe redis.Pipeliner) *redis.Cmd {
+	cmd := p.sets(ctx, ws)
+	if pipe != nil {
+		_ = pipe.Process(ctx, cmd)
+		return cmd
+	}
+	_ = p.c.Process(ctx, cmd)
+	p.finishSets(ctx, cmd, ws)
+	return cmd
+}
+
+// finishSets hands cmd's result to ws, loading the script into the node first and
+// sending the call again if the node did not know it (restarted, or new): the script
+// did not run, so nothing is applied twice.
+func (p *pipeliner) finishSets(ctx context.Context, cmd *redis.Cmd, ws []*write) {
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		if err := setScript.Load(ctx, p.c).Err(); err != nil {
+			cmd.SetErr(err)
+		} else {
+			cmd = p.sets(ctx, ws)
+			_ = p.c.Process(ctx, cmd)
+		}
+	}
+	for _, w := range ws {
+		w.err = cmd.Err()
 	}
 }
 
@@ -159,23 +228,39 @@ func (p *pipeliner) run(batch []*queued) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
 	send := batch[:0:0]
+	var ws []*write
 	for _, q := range batch {
-		if time.Since(q.at) > p.timeout {
-			q.cmd.SetErr(errQueuedTooLong)
-			continue
+		switch {
+		case time.Since(q.at) > p.timeout:
+			if q.w != nil {
+				q.w.err = errQueuedTooLong
+			} else {
+				q.cmd.SetErr(errQueuedTooLong)
+			}
+		case q.w != nil:
+			ws = append(ws, q.w)
+		default:
+			send = append(send, q)
 		}
-		send = append(send, q)
 	}
-	switch len(send) {
-	case 0:
-	case 1:
+	switch {
+	case len(send) == 0 && len(ws) > 0:
+		p.sendSets(ctx, ws, nil)
+	case len(send) == 1 && len(ws) == 0:
 		_ = p.c.Process(ctx, send[0].cmd)
-	default:
+	case len(send) > 0:
 		pipe := p.c.Pipeline()
+		var sets *redis.Cmd
+		if len(ws) > 0 {
+			sets = p.sendSets(ctx, ws, pipe)
+		}
 		for _, q := range send {
 			_ = pipe.Process(ctx, q.cmd)
 		}
 		_, _ = pipe.Exec(ctx) // each command carries its own reply or error
+		if sets != nil {
+			p.finishSets(ctx, sets, ws)
+		}
 	}
 	for _, q := range batch {
 		close(q.done)

@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestPipelinerAbandonedCall(t *testing.T) {
 	srv := redistest.Start(t, 1)[0]
 	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { cl.Close() })
-	p := newPipeliner(cl, 5*time.Second)
+	p := newPipeliner(cl, 5*time.Second, nil)
 	ctx := context.Background()
 	if err := p.do(ctx, redis.NewStatusCmd(ctx, "ping")); err != nil { // warm a connection
 		t.Fatal(err)
@@ -63,6 +64,82 @@ func waitInflight(t *testing.T, p *pipeliner) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the first call never took the pipeline slot")
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+}
+
+// Sets that queue behind a busy node go out as one script call: every value is
+// stored, and one message with one sequence number carries all their keys. A lone
+// Set goes out at once, with its own message.
+func TestQueuedSetsShareOneMessage(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { cl.Close() })
+	r, err := New(Config{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: 5 * time.Second, MissedDeletes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ps := cl.Subscribe(ctx, r.Channel())
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	join := func(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
+	if err := r.Set(ctx, 0, "lone", []byte("0"), time.Minute, join); err != nil {
+		t.Fatal(err)
+	}
+	p := (*r.nodes.Load())[0].p
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = p.do(ctx, redis.NewStatusCmd(ctx, "ping")) }) // holds the one slot
+	waitInflight(t, p)
+	keys := []string{"a", "b", "c"}
+	errs := make([]error, len(keys))
+	for i, k := range keys {
+		wg.Go(func() { errs[i] = r.Set(ctx, 0, k, []byte("v"+k), time.Minute, join) })
+		waitQueued(t, p, i+1) // queued in this order
+	}
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("Set %q: %v", keys[i], err)
+		}
+	}
+	for i, want := range []string{"1|lone", "2|a,b,c"} {
+		m, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, got, _ := strings.Cut(m.Payload, "|"); got != want {
+			t.Fatalf("message %d = %q, want <epoch>|%s", i, m.Payload, want)
+		}
+	}
+	for _, k := range keys {
+		if got, err := r.Get(ctx, 0, k); err != nil || string(got) != "v"+k {
+			t.Errorf("Get %q = %q, %v; want %q", k, got, err, "v"+k)
+		}
+	}
+}
+
+func waitQueued(t *testing.T, p *pipeliner, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p.mu.Lock()
+		q := len(p.queue)
+		p.mu.Unlock()
+		if q >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d commands queued, want %d", q, n)
 		}
 		time.Sleep(time.Millisecond) // poll interval
 	}

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
@@ -229,7 +230,7 @@ func (r *Redis) AddNode(n Node) (int, error) {
 }
 
 func (r *Redis) newNode(n Node, cluster bool) *node {
-	return &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: newPipeliner(n.Client, r.timeout)}
+	return &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: newPipeliner(n.Client, r.timeout, r.setCmd)}
 }
 
 // Replace makes node idx reach Redis through n.Client from now on (the node moved to
@@ -388,18 +389,19 @@ func (r *Redis) Repair(ctx context.Context, idx int, key string, b []byte, ttl t
 	})
 }
 
-// Set stores b for key on node idx for ttl and publishes payload on the node's
-// invalidation channel, atomically (see scripts.go). An error means the write may or
-// may not have happened, and its message may or may not have been published.
-func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, payload []byte) error {
+// Set stores b for key on node idx for ttl and publishes the invalidation message
+// payload builds for its key on the node's invalidation channel, atomically (see
+// scripts.go). Concurrent Sets to one node may share one script call and one message
+// (see write in pipeline.go); payload may then be called with their keys together.
+// An error means the write may or may not have happened, and its message may or may
+// not have been published.
+func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time.Duration, payload func(keys []string) []byte) error {
 	ms := max(ttl.Milliseconds(), 1)
 	err := r.call(ctx, idx, key, "set", false, func(ctx context.Context, n *node) error {
 		if n.cluster {
-			return clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload, b, ms).Err()
+			return clusterSetScript.Run(ctx, n.c, []string{r.Key(key), r.LeaseKey(key)}, r.channel, payload([]string{key}), b, ms).Err()
 		}
-		// Pipelined with the node's other concurrent commands (pipeline.go): under
-		// concurrent writes, one syscall carries many scripts.
-		return n.p.evalsha(ctx, setScript, []string{r.seqKey, r.epochKey, r.Key(key), r.LeaseKey(key)}, r.channel, newEpoch(), payload, b, ms).Err()
+		return n.p.set(ctx, &write{key: key, b: b, ms: ms, payload: payload})
 	})
 	if err != nil {
 		if n, nerr := r.node(idx); nerr == nil {
@@ -410,6 +412,23 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 		}
 	}
 	return err
+}
+
+// setCmd is the script call that applies ws (one or more writes to one node) and
+// publishes one message for all their keys, built by the first write's payload.
+func (r *Redis) setCmd(ctx context.Context, ws []*write) *redis.Cmd {
+	args := make([]any, 0, 3+2+2*len(ws)+3+2*len(ws))
+	args = append(args, "evalsha", setScript.Hash(), 2+2*len(ws), r.seqKey, r.epochKey)
+	keys := make([]string, len(ws))
+	for i, w := range ws {
+		keys[i] = w.key
+		args = append(args, r.Key(w.key), r.LeaseKey(w.key))
+	}
+	args = append(args, r.channel, newEpoch(), ws[0].payload(keys))
+	for _, w := range ws {
+		args = append(args, w.b, w.ms)
+	}
+	return redis.NewCmd(ctx, args...)
 }
 
 // Channel returns the invalidation channel every node publishes on.
@@ -486,18 +505,15 @@ func (r *Redis) GetMany(ctx context.Context, items []Item) {
 			return nil
 		}
 		if !n.cluster {
-			keys := make([]string, len(batch))
-			for i, it := range batch {
-				keys[i] = r.Key(it.Key)
-			}
-			vals, err := n.c.MGet(ctx, keys...).Result()
-			if err != nil {
+			cmd := r.mget(ctx, batch)
+			if err := n.c.Process(ctx, cmd); err != nil {
 				return err
 			}
+			vals := cmd.Val()
 			for i, it := range batch {
 				switch v := vals[i].(type) {
 				case string:
-					it.Val, it.Err = []byte(v), nil
+					it.Val, it.Err = unsafeBytes(v), nil // a reply nothing else holds: see unsafeBytes
 					if IsPlaceholder(it.Val) {
 						it.Val, it.Err = nil, ErrMiss
 					}
@@ -532,6 +548,27 @@ func (r *Redis) GetMany(ctx context.Context, items []Item) {
 		}
 		return nil
 	})
+}
+
+// mget is MGET of batch's keys, built with three allocations whatever their number:
+// the Redis keys share one buffer, and the arguments point to them (go-redis writes a
+// *string argument as a string; boxing a pointer allocates nothing).
+func (r *Redis) mget(ctx context.Context, batch []*Item) *redis.SliceCmd {
+	size := 0
+	for _, it := range batch {
+		size += len(r.prefix) + len(it.Key) + 1
+	}
+	buf := make([]byte, 0, size) // never grows: the keys' strings point into it
+	keys := make([]string, len(batch))
+	args := make([]any, 1+len(batch))
+	args[0] = "mget"
+	for i, it := range batch {
+		start := len(buf)
+		buf = append(append(append(buf, r.prefix...), it.Key...), '}')
+		keys[i] = unsafe.String(&buf[start], len(buf)-start)
+		args[1+i] = &keys[i]
+	}
+	return redis.NewSliceCmd(ctx, args...)
 }
 
 // FillMany stores each item's Val with SET NX PX ttls[i] (SET PX if the item is
@@ -592,21 +629,33 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 		wg sync.WaitGroup
 		mu sync.Mutex // protects errs
 	)
-	for g, batch := range groups {
-		wg.Go(func() {
-			n := nodes[g.idx]
-			ctx, cancel := context.WithTimeout(ctx, r.timeout)
-			defer cancel()
-			if err := r.do(ctx, n, g.master, func() error { return fn(ctx, n, batch) }); err != nil {
-				err = fmt.Errorf("remote batch of %d keys on %s: %w", len(batch), n.name, err)
-				for _, it := range batch {
-					it.Err = err
-				}
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
+	run := func(g group, batch []*Item) {
+		n := nodes[g.idx]
+		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+		if err := r.do(ctx, n, g.master, func() error { return fn(ctx, n, batch) }); err != nil {
+			err = fmt.Errorf("remote batch of %d keys on %s: %w", len(batch), n.name, err)
+			for _, it := range batch {
+				it.Err = err
 			}
-		})
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+	}
+	// One group runs in this goroutine, the others each in its own: the caller's
+	// stack has already grown to what a call needs, a new goroutine's has not.
+	var last group
+	inline := false
+	for g, batch := range groups {
+		if !inline {
+			last, inline = g, true
+			continue
+		}
+		wg.Go(func() { run(g, batch) })
+	}
+	if inline {
+		run(last, groups[last])
 	}
 	wg.Wait()
 	return errs

@@ -70,7 +70,7 @@ func TestRoundTrip(t *testing.T) {
 	if b, err := r.Get(ctx, 0, "k"); err != nil || string(b) != "first" {
 		t.Fatalf("Get after Repair = %q, %v", b, err)
 	}
-	if err := r.Set(ctx, 0, "k", []byte("set"), time.Minute, []byte("payload")); err != nil {
+	if err := r.Set(ctx, 0, "k", []byte("set"), time.Minute, payload); err != nil {
 		t.Fatal(err)
 	}
 	// The stored key is namespaced and hash-tagged, and carries the TTL.
@@ -103,7 +103,7 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := r.Set(ctx, 0, "k", []byte("v"), time.Minute, []byte("p")); err != nil { // warm a connection
+	if err := r.Set(ctx, 0, "k", []byte("v"), time.Minute, payload); err != nil { // warm a connection
 		t.Fatal(err)
 	}
 	if err := srv.Pause(); err != nil {
@@ -115,7 +115,7 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 		call func() error
 	}{
 		{"Get", func() error { _, err := r.Get(ctx, 0, "k"); return err }},
-		{"Set", func() error { return r.Set(ctx, 0, "k", []byte("v"), time.Minute, []byte("p")) }},
+		{"Set", func() error { return r.Set(ctx, 0, "k", []byte("v"), time.Minute, payload) }},
 		{"GetMany", func() error {
 			items := []remote.Item{{Key: "k"}}
 			r.GetMany(ctx, items)
@@ -152,14 +152,14 @@ func TestWritesPublishInOrder(t *testing.T) {
 	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
 		t.Fatal(err)
 	}
-	if err := r.Set(ctx, 0, "a", []byte("1"), time.Minute, []byte("set-a")); err != nil {
+	if err := r.Set(ctx, 0, "a", []byte("1"), time.Minute, payload); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Del(ctx, []remote.Item{{Key: "a"}, {Key: "b"}}, payload); err != nil {
 		t.Fatal(err)
 	}
 	var epoch string
-	for i, want := range []string{"set-a", "a,b"} {
+	for i, want := range []string{"a", "a,b"} {
 		m, err := ps.ReceiveMessage(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -173,7 +173,7 @@ func TestWritesPublishInOrder(t *testing.T) {
 	if _, err := srv.Do(ctx, "FLUSHALL"); err != nil { // a node that lost its data
 		t.Fatal(err)
 	}
-	if err := r.Set(ctx, 0, "a", []byte("2"), time.Minute, []byte("again")); err != nil {
+	if err := r.Set(ctx, 0, "a", []byte("2"), time.Minute, payload); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ps.ReceiveMessage(ctx)
@@ -272,7 +272,7 @@ func TestDelOneErrorPerNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := r.Set(ctx, 0, "a", []byte("v"), time.Minute, []byte("p")); err != nil {
+	if err := r.Set(ctx, 0, "a", []byte("v"), time.Minute, payload); err != nil {
 		t.Fatal(err)
 	}
 	if err := servers[1].Stop(); err != nil {

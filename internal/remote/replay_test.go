@@ -34,7 +34,7 @@ func TestReplayClearsOnlyTheNamespace(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Set(ctx, 0, "s", []byte("v"), time.Minute, payload([]string{"s"})); err != nil { // creates seq and epoch
+	if err := r.Set(ctx, 0, "s", []byte("v"), time.Minute, payload); err != nil { // creates seq and epoch
 		t.Fatal(err)
 	}
 	others := []string{"axb:{1}", "ab:{1}", "a*b?[c]x:{1}", "other"}

@@ -15,10 +15,15 @@ import "github.com/redis/go-redis/v9"
 //
 // Message: "<epoch>|<seq>|<payload>" (see package invalidation).
 
-// setScript: ARGV = channel, epoch candidate, payload, value, ttl in ms.
+// setScript writes one or more keys with one message: KEYS[3..] = each value key
+// followed by its lease key; ARGV = channel, epoch candidate, payload (every key's),
+// then each value followed by its TTL in ms. Key pair i (KEYS[i], KEYS[i+1]) has its
+// value and TTL at ARGV[i+1], ARGV[i+2].
 var setScript = redis.NewScript(epochLua + `
-redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
-redis.call('DEL', KEYS[4])
+for i = 3, #KEYS, 2 do
+  redis.call('SET', KEYS[i], ARGV[i+1], 'PX', ARGV[i+2])
+  redis.call('DEL', KEYS[i+1])
+end
 ` + publishLua)
 
 // epochLua reads the node's epoch, storing the candidate (ARGV[2]) if there is none.
