@@ -14,6 +14,9 @@ package benchmarks
 //	Coherence  the Zipf95 workload with every write through replica 0 and every read
 //	           on replicas 1 and 2, each read checked against the last write
 //	           acknowledged more than Δ before it began (coherenceDeltas).
+//	Faults     a writer and a reader replica through a fault on the reader's links
+//	           or on a node, one episode per op (faults_test.go); its systems are
+//	           those that keep replicas coherent, and two controls.
 //
 // Metrics beside ns/op, B/op and allocs/op: ops/s; p50-ns and p99-ns (per-operation
 // latency; see fastSampleEvery and timerCost); near-hit-% and shared-hit-% (share of

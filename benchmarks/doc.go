@@ -9,7 +9,9 @@
 //
 //	go test -run '^$' -bench . -count 6 | go tool benchstat -col /sys -
 //
-// run.sh runs everything with -count 6 and writes BENCHMARKS.md. The Redis nodes are
+// BenchmarkFaults takes about 4 minutes a count: each of its runs is one fault episode of
+// about 10 s, so b.N stays 1 (run.sh says -benchtime 1x). run.sh runs everything with
+// -count 6, the fault workload with -count 3, and writes BENCHMARKS.md. The Redis nodes are
 // throwaway redis-server processes on loopback ports, started once per test binary
 // (internal/redistest) and stopped by TestMain.
 package benchmarks

@@ -6,7 +6,8 @@ package benchmarks
 //	populate   10k keys written into Redis through the system (version 0)
 //	warm-up    20k reads through the reader, so that its near-cache holds the hot keys
 //	steady     2 s: the writer writes a Zipf-drawn key every 2 ms, 8 goroutines read
-//	           Zipf-drawn keys through the reader without pause, every read checked
+//	           Zipf-drawn keys through the reader without pause, each read with a
+//	           deadline of 0.5 to 1 s (readBudget) and checked by the Checker
 //	fault      3 s of one fault (faults below), on the reader's links to every node
 //	           (blackhole, resets, latency) or on the first node for everyone (kill)
 //	recovery   3 s more of the same traffic, the links clean again

@@ -11,6 +11,11 @@
 // stale-reads table as DIR/staleness.svg (see chart.go), and the markdown shows them
 // with image links to those paths: DIR as given, so relative to the markdown's
 // directory.
+//
+// The fault workload (BenchmarkFaults/fault=<fault>/sys=<system>) is left out of those;
+// with -faults, benchreport prints only its tables instead, one per fault (faults.go).
+//
+//	benchreport -faults results/*.txt
 package main
 
 import (
@@ -27,8 +32,9 @@ import (
 
 func main() {
 	svgDir := flag.String("svg", "", "also draw the charts into `DIR` and link them from the markdown")
+	faultTables := flag.Bool("faults", false, "print only the fault workload's tables")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: benchreport [-svg DIR] FILE...")
+		fmt.Fprintln(os.Stderr, "usage: benchreport [-svg DIR] FILE...\n       benchreport -faults FILE...")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -51,6 +57,14 @@ func main() {
 		}
 		all = append(all, rs...)
 	}
+	if *faultTables {
+		if err := writeFaults(os.Stdout, all); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	_, all = splitFaults(all)
 	if *svgDir != "" {
 		if err := writeCharts(*svgDir, all); err != nil {
 			fmt.Fprintln(os.Stderr, err)

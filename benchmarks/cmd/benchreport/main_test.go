@@ -155,3 +155,79 @@ func svgText(t *testing.T, path string) string {
 	}
 	return text.String()
 }
+
+// faultInput is the fault workload's output, two faults: blackhole with two runs for
+// tiered and go-redis-cache, one for rueidis (no read stale past 100 ms, so no
+// last-stale-ms); kill with one run each. Beside them, a NearHit line, which the
+// fault tables leave out.
+const faultInput = `goos: linux
+pkg: github.com/tieredcache/tiered/benchmarks
+BenchmarkNearHit/sys=tiered-2         	 9000000	       126.0 ns/op	         0 loads/op	       100.0 near-hit-%	   7936508 ops/s	        48 B/op	       1 allocs/op
+BenchmarkFaults/fault=blackhole/sys=tiered-2         	       1	8013027402 ns/op	      3011 after-ms	   1561106 fault-reads	     -2054 last-stale-ms	       947.3 max-stale-ms	         0 read-errors	   7708684 reads	    656850 stale-100ms	         0 stale-1s	         0 write-errors	      2507 writes
+BenchmarkFaults/fault=blackhole/sys=tiered-2         	       1	8005489535 ns/op	      3000 after-ms	   4042680 fault-reads	     -2078 last-stale-ms	       938.3 max-stale-ms	         0 read-errors	  14939891 reads	   1415554 stale-100ms	         0 stale-1s	         0 write-errors	      2659 writes
+BenchmarkFaults/fault=blackhole/sys=rueidis-2        	       1	8004335555 ns/op	      3000 after-ms	     20690 fault-reads	        19.26 max-stale-ms	         7.000 read-errors	   7451719 reads	         0 stale-100ms	         0 stale-1s	         0 write-errors	      3016 writes
+--- BENCH: BenchmarkFaults/fault=blackhole/sys=rueidis-2
+    faults_test.go:446: blackhole, rueidis: 7 read errors; the first: connection closed
+BenchmarkFaults/fault=blackhole/sys=go-redis-cache-2 	       1	8012357565 ns/op	      3001 after-ms	    930359 fault-reads	      3001 last-stale-ms	      8007 max-stale-ms	         0 read-errors	   4660419 reads	   3242973 stale-100ms	   2914107 stale-1s	         0 write-errors	      2306 writes
+BenchmarkFaults/fault=blackhole/sys=go-redis-cache-2 	       1	8012357565 ns/op	      3000 after-ms	    930000 fault-reads	      2999 last-stale-ms	      8010 max-stale-ms	         0 read-errors	   4660000 reads	   3242000 stale-100ms	   2914000 stale-1s	         0 write-errors	      2300 writes
+BenchmarkFaults/fault=kill/sys=tiered-2              	       1	8039593504 ns/op	      3012 after-ms	   2150994 fault-reads	      2222 last-stale-ms	       113.5 max-stale-ms	         0 read-errors	  12824810 reads	      1926 stale-100ms	         0 stale-1s	       722.0 write-errors	      1512 writes
+BenchmarkFaults/fault=kill/sys=rueidis-2             	       1	8018318899 ns/op	      3000 after-ms	     27378 fault-reads	        0.6400 max-stale-ms	         0 read-errors	   6669550 reads	         0 stale-100ms	         0 stale-1s	      1497 write-errors	      2236 writes
+BenchmarkFaults/fault=kill/sys=go-redis-cache-2      	       1	8060179417 ns/op	      3009 after-ms	   2419592 fault-reads	      3009 last-stale-ms	      8051 max-stale-ms	         0 read-errors	   6232109 reads	   3865017 stale-100ms	   3233143 stale-1s	         1.000 write-errors	       981.0 writes
+PASS
+`
+
+const wantFaults = "### blackhole\n\n" +
+	"Summed over 1-2 runs; max staleness and fault end → last stale read: the worst run.\n\n" +
+	"| system | reads | reads during the fault | read errors | stale reads, Δ = 100 ms | stale reads, Δ = 1 s | max staleness | fault end → last stale read (Δ = 100 ms) | writes acknowledged | write errors |\n" +
+	"|---|---|---|---|---|---|---|---|---|---|\n" +
+	"| tiered | 22648575 | 5603786 | 0 | 2072404 | 0 | 947.3 ms | none after the end | 5166 | 0 |\n" +
+	"| rueidis | 7451719 | 20690 | 7 | 0 | 0 | 19.3 ms | none at all | 3016 | 0 |\n" +
+	"| go-redis-cache | 9320419 | 1860359 | 0 | 6484973 | 5828107 | 8.01 s | 3.00 s (until the end of the run) | 4606 | 0 |\n" +
+	"\n### kill\n\n" +
+	"Summed over 1 runs; max staleness and fault end → last stale read: the worst run.\n\n" +
+	"| system | reads | reads during the fault | read errors | stale reads, Δ = 100 ms | stale reads, Δ = 1 s | max staleness | fault end → last stale read (Δ = 100 ms) | writes acknowledged | write errors |\n" +
+	"|---|---|---|---|---|---|---|---|---|---|\n" +
+	"| tiered | 12824810 | 2150994 | 0 | 1926 | 0 | 113.5 ms | 2.22 s | 1512 | 722 |\n" +
+	"| rueidis | 6669550 | 27378 | 0 | 0 | 0 | 640 µs | none at all | 2236 | 1497 |\n" +
+	"| go-redis-cache | 6232109 | 2419592 | 0 | 3865017 | 3233143 | 8.05 s | 3.01 s (until the end of the run) | 981 | 1 |\n"
+
+// TestFaultTables checks the fault workload's tables, and that the other tables leave
+// the fault workload out.
+func TestFaultTables(t *testing.T) {
+	rs, err := parse(strings.NewReader(faultInput))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if err := writeFaults(&b, rs); err != nil {
+		t.Fatal(err)
+	}
+	if b.String() != wantFaults {
+		t.Errorf("fault tables:\n%s\nwant:\n%s", b.String(), wantFaults)
+	}
+
+	faults, others := splitFaults(rs)
+	if len(faults) != 8 || len(others) != 1 || others[0].workload != "NearHit" {
+		t.Errorf("split: %d fault results, others %v", len(faults), others)
+	}
+	if err := writeFaults(&b, others); err == nil {
+		t.Error("fault tables of results without the fault workload: no error")
+	}
+}
+
+func TestLastStale(t *testing.T) {
+	for _, tc := range []struct {
+		last, after []float64
+		want        string
+	}{
+		{nil, []float64{3000}, "none at all"},
+		{[]float64{-5, -1}, []float64{3000}, "none after the end"},
+		{[]float64{-5, 120.5}, []float64{3000, 3000}, "120.5 ms"},
+		{[]float64{2950}, []float64{3000}, "2.95 s (until the end of the run)"},
+		{[]float64{2899}, []float64{3000}, "2.90 s"},
+	} {
+		if got := lastStale(tc.last, tc.after); got != tc.want {
+			t.Errorf("lastStale(%v, %v) = %q, want %q", tc.last, tc.after, got, tc.want)
+		}
+	}
+}
