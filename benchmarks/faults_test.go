@@ -6,8 +6,11 @@ package benchmarks
 //	populate   10k keys written into Redis through the system (version 0)
 //	warm-up    20k reads through the reader, so that its near-cache holds the hot keys
 //	steady     2 s: the writer writes a Zipf-drawn key every 2 ms, 8 goroutines read
-//	           Zipf-drawn keys through the reader without pause, each read with a
-//	           deadline of 0.5 to 1 s (readBudget) and checked by the Checker
+//	           Zipf-drawn keys through the reader, each at most 100 reads a
+//	           millisecond (near hits without a pause would take every core, and
+//	           the invalidations would wait for the scheduler rather than the
+//	           network), each read with a deadline of 0.5 to 1 s (readBudget) and
+//	           checked by the Checker
 //	fault      3 s of one fault (faults below), on the reader's links to every node
 //	           (blackhole, resets, latency) or on the first node for everyone (kill)
 //	recovery   3 s more of the same traffic, the links clean again
@@ -52,6 +55,8 @@ const (
 	faultKeys      = 10_000
 	faultWarmReads = 20_000
 	faultReaders   = 8                      // goroutines reading through the faulted replica
+	readBurst      = 100                    // each reads at most this many times
+	readPace       = time.Millisecond       // in this interval
 	faultWriteGap  = 2 * time.Millisecond   // between the writer's writes
 	faultSteady    = 2 * time.Second        // before the fault
 	faultHold      = 3 * time.Second        // the fault
@@ -411,7 +416,17 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 			t := newFaultTally()
 			var budget readBudget
 			defer budget.release()
-			for ctx.Err() == nil {
+			pace := time.NewTicker(readPace)
+			defer pace.Stop()
+			for n := 0; ctx.Err() == nil; n++ {
+				if n == readBurst {
+					n = 0
+					select {
+					case <-pace.C:
+					case <-ctx.Done():
+					}
+					continue
+				}
 				i := int(zipf.Uint64())
 				start := chk.Now()
 				v, err := reader.Get(budget.context(ctx), w.keys[i])
