@@ -19,7 +19,7 @@ func (h busHandler[V]) Invalidate(node int, m *invalidation.Message) {
 	c := h.c
 	for _, k := range m.Keys {
 		c.local.Invalidate(c.local.Hash(k))
-		c.wakeFill(k) // a write ends any wait for the key's fill
+		c.wakeFill(k, nil) // a write ends any wait for the key's fill
 	}
 	if hook := c.afterInvalidate.Load(); hook != nil {
 		(*hook)(m)
@@ -77,31 +77,34 @@ func (h busHandler[V]) Flush(node int, cause invalidation.Cause) {
 // Confirmed lets node's entries be served until MaxStaleness after at.
 func (h busHandler[V]) Confirmed(node int, at time.Time) { h.c.local.Confirm(node, at) }
 
-// Filled wakes this process's waiters for key's fill (see pollLease).
-func (h busHandler[V]) Filled(_ int, key string) { h.c.wakeFill(key) }
+// Filled wakes this process's waiters for key's fill (see pollLease), handing them
+// the value it was filled with, if the notice carried it.
+func (h busHandler[V]) Filled(_ int, key string, value []byte) { h.c.wakeFill(key, value) }
 
-// fillWait is the channel the waiters for one key's fill share.
+// fillWait is what the waiters for one key's fill share: ch is closed by the notice,
+// after value (the filled value, or nil: read the key) is set.
 type fillWait struct {
 	ch      chan struct{}
+	value   []byte
 	waiters int // under Cache.fillMu
 }
 
-// fillWaiter registers a wait for key's fill notice: wake is closed by the notice;
+// fillWaiter registers a wait for key's fill notice: w.ch is closed by the notice;
 // done must be called when the wait ends.
-func (c *Cache[V]) fillWaiter(key string) (wake <-chan struct{}, done func()) {
+func (c *Cache[V]) fillWaiter(key string) (w *fillWait, done func()) {
 	c.fillMu.Lock()
 	defer c.fillMu.Unlock()
 	if c.fills == nil {
 		c.fills = make(map[string]*fillWait)
 	}
-	w := c.fills[key]
+	w = c.fills[key]
 	if w == nil {
 		w = &fillWait{ch: make(chan struct{})}
 		c.fills[key] = w
 	}
 	w.waiters++
 	c.fillWaits.Add(1)
-	return w.ch, func() {
+	return w, func() {
 		c.fillMu.Lock()
 		defer c.fillMu.Unlock()
 		c.fillWaits.Add(-1)
@@ -111,14 +114,16 @@ func (c *Cache[V]) fillWaiter(key string) (wake <-chan struct{}, done func()) {
 	}
 }
 
-// wakeFill wakes the waiters for key's fill, if any.
-func (c *Cache[V]) wakeFill(key string) {
+// wakeFill wakes the waiters for key's fill, if any, with the filled value if it is
+// known (nil: they read the key; a write of the key wakes them so).
+func (c *Cache[V]) wakeFill(key string, value []byte) {
 	if c.fillWaits.Load() == 0 {
 		return
 	}
 	c.fillMu.Lock()
 	defer c.fillMu.Unlock()
 	if w := c.fills[key]; w != nil {
+		w.value = value
 		close(w.ch)
 		delete(c.fills, key) // later waiters get a new channel
 	}

@@ -1,8 +1,9 @@
 package tiered
 
 // Waiting for another process's fill: the waiter marks the holder's placeholder, the
-// fill publishes the key on the fill channel, and the waiter reads the value on that
-// notice rather than on its fallback poll.
+// fill publishes the key on the fill channel, with the value, and the waiter returns
+// that value on the notice, without reading it again (a released lease's notice
+// carries no value: the waiter reads the key, and takes the lease).
 
 import (
 	"context"
@@ -56,6 +57,7 @@ func TestLeaseWaiterWokenByFill(t *testing.T) {
 				return err == nil && len(s) > 2 && s[len(s)-2:] == "|w"
 			})
 			want := "from A"
+			sets := commandCalls(t, servers[0], "set") // SET NX GET: a lease taken, or a key read
 			switch how {
 			case "set":
 				if err := a.Set(ctx, "k", "written"); err != nil {
@@ -79,6 +81,15 @@ func TestLeaseWaiterWokenByFill(t *testing.T) {
 			}
 			if st := b.Stats(); st.FillNotices != 1 {
 				t.Errorf("B's FillNotices = %d, want 1 (woken by the %s, not by its fallback poll)", st.FillNotices, how)
+			}
+			// SET calls since A's load was released, those run by scripts included:
+			// the fill's own (fill), or A's Set's (set), or B's fill (release), plus
+			// one for each time B read the key again (SET NX GET).
+			switch sets = commandCalls(t, servers[0], "set") - sets; {
+			case how == "fill" && sets != 1:
+				t.Errorf("%d SETs after the fill; want 1, the fill's own: B read the key again although the notice carried its value", sets)
+			case how != "fill" && sets < 2:
+				t.Errorf("%d SETs after the %s; want at least 2: B must read the key again (the notice carries no value)", sets, how)
 			}
 		})
 	}

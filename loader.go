@@ -330,7 +330,7 @@ func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V], token string, 
 				c.stats.leaseTimeouts.Add(1)
 				return leased[V]{}
 			}
-			wake, done := c.fillWaiter(fl.id.key)
+			w, done := c.fillWaiter(fl.id.key)
 			b, marked, err := c.shared.AwaitFill(ctx, fl.node, fl.id.key)
 			switch {
 			case err != nil:
@@ -351,8 +351,16 @@ func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V], token string, 
 					t.Stop()
 					done()
 					return leased[V]{}
-				case <-wake:
+				case <-w.ch:
 					c.stats.fillNotices.Add(1)
+					if w.value != nil { // the notice carried the value: no read
+						t.Stop()
+						done()
+						if o, ok := c.found(fl, w.value); ok {
+							return leased[V]{outcome: o, found: true}
+						}
+						return leased[V]{} // undecodable: load, write nothing
+					}
 				case <-t.C:
 				}
 				t.Stop()

@@ -46,7 +46,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 		_ = c.shared.Del(ctx, []remote.Item{{Key: key, Node: prev}}, msg)
 	}
 	c.local.Replace(f, key, v, int64(len(frame)), min(c.jitter(c.opts.LocalTTL), ttl), c.refreshIn(ttl), c.localOnly)
-	c.wakeFill(key) // a flight here waiting for another process's fill reads the new value
+	c.wakeFill(key, nil) // a flight here waiting for another process's fill reads the new value
 	if !c.localOnly {
 		c.stats.invalidationsSent.Add(1)
 		if c.recording {
@@ -89,7 +89,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) error {
 	// value before it cannot store it (its fence predates this bump).
 	for _, k := range keys {
 		c.local.Invalidate(c.local.Hash(k))
-		c.wakeFill(k)
+		c.wakeFill(k, nil)
 	}
 	if err != nil {
 		return fmt.Errorf("tiered: delete: %w", err)

@@ -39,6 +39,23 @@ type Message struct {
 // its bytes, so keys may hold any byte. A payload with no keys means "flush": the
 // node's keys were cleared wholesale (see remote.Redis.Replay).
 
+// ParseFill decodes a fill notice, published on a fill channel when a lease that a
+// process waited for ends: "<len(key)>:<key>", followed by the value the key was
+// filled with when the node sent it along. Values are never empty (they are
+// envelopes), so a notice without one (a released lease, a large value) means "read
+// the key". ok is false for a malformed notice.
+func ParseFill(s string) (key string, value []byte, ok bool) {
+	n, rest, found := strings.Cut(s, ":")
+	l, err := strconv.Atoi(n)
+	if !found || err != nil || l < 0 || l > len(rest) {
+		return "", nil, false
+	}
+	if len(rest) > l {
+		value = []byte(rest[l:])
+	}
+	return rest[:l], value, true
+}
+
 // AppendPayload appends the writer's part of a message to dst.
 func AppendPayload(dst []byte, origin string, sentUs int64, keys []string) []byte {
 	dst = append(dst, origin...)

@@ -59,3 +59,24 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParseFill(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		key   string
+		value string
+		ok    bool
+	}{
+		{"1:k", "k", "", true},
+		{"3:a:b\xc7v", "a:b", "\xc7v", true}, // a key may hold the separator
+		{"0:", "", "", true},
+		{"4:k", "", "", false},
+		{"k", "", "", false},
+		{"-1:k", "", "", false},
+	} {
+		key, value, ok := ParseFill(tc.in)
+		if key != tc.key || string(value) != tc.value || ok != tc.ok || (tc.value == "" && value != nil) {
+			t.Errorf("ParseFill(%q) = %q, %q, %v; want %q, %q, %v", tc.in, key, value, ok, tc.key, tc.value, tc.ok)
+		}
+	}
+}

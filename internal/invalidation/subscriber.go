@@ -54,8 +54,9 @@ type Handler interface {
 	// node whose keys were cleared (CauseCleared).
 	Flush(node int, cause Cause)
 	// Filled reports that key, whose lease a process of this cache waited for, was
-	// filled or its lease given up (Config.FillChannel): read it again.
-	Filled(node int, key string)
+	// filled with value, or filled with a value too large to send, or its lease
+	// given up (value nil: read it again) (Config.FillChannel).
+	Filled(node int, key string, value []byte)
 	// Confirmed reports that every message the node published before at has been
 	// delivered: the pong of a ping sent at at came back on the subscription's
 	// connection, behind them.
@@ -411,7 +412,9 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 			s.dispatch.RLock()
 			if r, ok := (*s.routes.Load())[m.Channel]; ok {
 				if r.fill {
-					r.sub.t.Handler.Filled(r.sub.t.Node, m.Payload)
+					if key, value, ok := ParseFill(m.Payload); ok {
+						r.sub.t.Handler.Filled(r.sub.t.Node, key, value)
+					}
 				} else {
 					s.handle(r.sub, m.Payload)
 				}

@@ -66,25 +66,35 @@ const waitedMark = "|w"
 
 // casScript: KEYS = key; ARGV = placeholder, value, ttl in ms, fill channel, user key.
 // Sets key to value for ttl only while it holds the placeholder (marked or not), and
-// publishes the user key on the fill channel if someone marked it. Returns 1 if it
-// wrote.
+// publishes a fill notice on the fill channel if someone marked it: the value goes
+// with it when it is at most FillNoticeMax bytes, so that the waiters need not read
+// it (see invalidation.ParseFill). Returns 1 if it wrote.
 var casScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] or v == ARGV[1] .. '` + waitedMark + `' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  if v ~= ARGV[1] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+  if v ~= ARGV[1] then
+    local with = ''
+    if #ARGV[2] <= ` + strconv.Itoa(FillNoticeMax) + ` then with = ARGV[2] end
+    redis.call('PUBLISH', ARGV[4], #ARGV[5] .. ':' .. ARGV[5] .. with)
+  end
   return 1
 end
 return 0
 `)
 
+// FillNoticeMax is the largest value a fill notice carries: larger ones the waiters
+// read from the node, as after a release.
+const FillNoticeMax = 16 << 10
+
 // releaseScript: KEYS = key; ARGV = placeholder, fill channel, user key. Deletes the
-// key while it holds the placeholder (marked or not), publishing if it was marked.
+// key while it holds the placeholder (marked or not), publishing a fill notice
+// without a value if it was marked (the waiters read the key, and take the lease).
 var releaseScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] or v == ARGV[1] .. '` + waitedMark + `' then
   redis.call('DEL', KEYS[1])
-  if v ~= ARGV[1] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+  if v ~= ARGV[1] then redis.call('PUBLISH', ARGV[2], #ARGV[3] .. ':' .. ARGV[3]) end
   return 1
 end
 return 0
