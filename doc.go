@@ -195,13 +195,18 @@
 // later), and the fill is a compare-and-set of the placeholder: a near miss costs two
 // round trips (TestNearMissTwoRoundTrips). A waiter marks the holder's placeholder;
 // the holder's fill, or its giving up, then publishes the key on the fill channel
-// that every process follows, and the waiter reads the value at once rather than on a
-// poll (TestLeaseWaiterWokenByFill; the poll remains as a fallback).
+// that every process follows, with the filled value when it is at most 16 KiB: the
+// waiter returns that value without reading it (or, after a release or a larger
+// value, reads the key at once) rather than on a poll (TestLeaseWaiterWokenByFill;
+// the poll remains as a fallback).
 //
 // Commands to one standalone node are pipelined: a lone call is sent at once, and the
 // calls that arrive while one is on the wire go out together when it returns, one
-// write and one read for all of them (as rueidis does). A call is still bounded by
-// Options.Timeout, or twice that if it waited behind a call to a node that hung.
+// write and one read for all of them (as rueidis does). Sets among them go out as one
+// script call with one sequence number and one invalidation message for all their
+// keys (TestQueuedSetsShareOneMessage); a lone Set is never held back. A call is still
+// bounded by Options.Timeout, or twice that if it waited behind a call to a node that
+// hung.
 //
 // With Options.RefreshAhead, a near-cache hit on a value close to its expiry in Redis
 // queues a background refresh (bounded workers the Cache owns). The refresh takes the
