@@ -36,8 +36,8 @@ func (r *recorder) Confirmed(int, time.Time) {
 	r.mu.Unlock()
 }
 func (r *recorder) Filled(_ int, key string, _ []byte) { r.add("filled " + key) }
-func (r *recorder) Up(int)                            { r.add("up") }
-func (r *recorder) Flush(_ int, c invalidation.Cause) { r.add("flush " + c.String()) }
+func (r *recorder) Up(int)                             { r.add("up") }
+func (r *recorder) Flush(_ int, c invalidation.Cause)  { r.add("flush " + c.String()) }
 func (r *recorder) snapshot() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
