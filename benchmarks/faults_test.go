@@ -424,8 +424,8 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 					select {
 					case <-pace.C:
 					case <-ctx.Done():
+						continue
 					}
-					continue
 				}
 				i := int(zipf.Uint64())
 				start := chk.Now()
