@@ -44,10 +44,6 @@ import (
 	"testing"
 	"time"
 
-	toxiproxy "github.com/Shopify/toxiproxy/v2"
-	"github.com/Shopify/toxiproxy/v2/toxics"
-	"github.com/rs/zerolog"
-
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -83,8 +79,8 @@ var faultNodes nodeGroup
 // `every` while it lasts, end lifts it.
 type fault struct {
 	name    string
-	proxied bool    // the reader dials through proxies
-	toxics  []toxic // the toxics the proxies carry, inactive until begin
+	proxied bool              // the reader dials through proxies
+	toxics  []redistest.Toxic // the toxics the proxies carry, inactive until begin
 	begin   func(*faultEnv) error
 	every   time.Duration
 	repeat  func(*faultEnv) error
@@ -94,7 +90,7 @@ type fault struct {
 // faultEnv is what a fault acts on: the reader's proxies (one per node) and the
 // nodes.
 type faultEnv struct {
-	proxies []*linkProxy
+	proxies []*redistest.LinkProxy
 	servers []*redistest.Server
 }
 
@@ -106,9 +102,9 @@ var faults = []fault{
 		// through them (as removing the timeout toxic would: a link that dropped
 		// bytes cannot carry on), and starts clean ones on the same addresses.
 		name: "blackhole", proxied: true,
-		toxics: []toxic{{"timeout", `{"timeout":0}`}},
-		begin:  forEachProxy(func(l *linkProxy) error { return l.activate("timeout") }),
-		end:    forEachProxy((*linkProxy).cut),
+		toxics: []redistest.Toxic{{Kind: "timeout", Attrs: `{"timeout":0}`}},
+		begin:  forEachProxy(func(l *redistest.LinkProxy) error { return l.Activate("timeout") }),
+		end:    forEachProxy((*redistest.LinkProxy).Cut),
 	},
 	{
 		// Every connection through the proxies is reset (TCP RST) every 300 ms; the
@@ -117,10 +113,10 @@ var faults = []fault{
 		// makes toxiproxy set SO_LINGER 0 on both sockets of every link
 		// (ToxicLink.Start), so that closing them resets them.
 		name: "resets", proxied: true,
-		toxics: []toxic{{"reset_peer", `{"timeout":0}`}},
-		begin:  forEachProxy((*linkProxy).cut),
+		toxics: []redistest.Toxic{{Kind: "reset_peer", Attrs: `{"timeout":0}`}},
+		begin:  forEachProxy((*redistest.LinkProxy).Cut),
 		every:  resetEvery,
-		repeat: forEachProxy((*linkProxy).cut),
+		repeat: forEachProxy((*redistest.LinkProxy).Cut),
 		end:    func(*faultEnv) error { return nil },
 	},
 	{
@@ -128,9 +124,9 @@ var faults = []fault{
 		// connections stay up throughout, and the bytes held back when it ends go
 		// on at once.
 		name: "latency", proxied: true,
-		toxics: []toxic{{"latency", fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())}},
-		begin:  forEachProxy(func(l *linkProxy) error { return l.activate("latency") }),
-		end:    forEachProxy(func(l *linkProxy) error { return l.deactivate("latency") }),
+		toxics: []redistest.Toxic{{Kind: "latency", Attrs: fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())}},
+		begin:  forEachProxy(func(l *redistest.LinkProxy) error { return l.Activate("latency") }),
+		end:    forEachProxy(func(l *redistest.LinkProxy) error { return l.Deactivate("latency") }),
 	},
 	{
 		// The first node (the one rueidis uses) is killed with SIGKILL and, at the
@@ -141,7 +137,7 @@ var faults = []fault{
 	},
 }
 
-func forEachProxy(f func(*linkProxy) error) func(*faultEnv) error {
+func forEachProxy(f func(*redistest.LinkProxy) error) func(*faultEnv) error {
 	return func(e *faultEnv) error {
 		var errs []error
 		for _, l := range e.proxies {
@@ -338,7 +334,7 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 	rcfg := cfg
 	if f.proxied {
 		for i, n := range cfg.Nodes {
-			l, err := newLinkProxy(toxiproxyServer(), fmt.Sprintf("node-%d", i), n, f.toxics...)
+			l, err := redistest.NewLinkProxy(toxiproxyServer(), fmt.Sprintf("node-%d", i), n, f.toxics...)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -356,7 +352,7 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 			}
 		}
 		for _, l := range env.proxies {
-			l.stop()
+			l.Stop()
 		}
 		if len(env.proxies) > 0 {
 			if err := waitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
@@ -526,161 +522,8 @@ func warmFault(b *testing.B, w *world, sys System) {
 	}
 }
 
-var toxiproxyServer = sync.OnceValue(func() *toxiproxy.ApiServer {
-	return toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
-})
-
-// toxic is a toxiproxy toxic a linkProxy carries on both directions from its start,
-// inactive (toxicity 0: toxiproxy runs its no-op instead) until activate.
-type toxic struct {
-	kind  string // toxiproxy's type: "timeout", "latency", "reset_peer"
-	attrs string // its attributes, JSON
-}
-
-// linkProxy is an in-process toxiproxy in front of one node, at an address that stays
-// the same for its lifetime: cut stops the live proxy, which closes every connection
-// through it, and starts a clean one on the same address.
-//
-// Its toxics are in place from the start and switched on and off by their toxicity,
-// never added or removed under traffic: in v2.12.0, removing a timeout toxic returns
-// early after its Cleanup without re-linking the stub before it, which then blocks
-// for ever on the removed stub's input, and adding or removing one interrupts every
-// stub of the chain. Every chain ends with a guard (guardToxic): toxiproxy's own
-// stubs block for ever sending to a link's writer that has gone (its connection failed
-// while data was still coming: a client closing a connection, or cut), which keeps
-// the link's goroutines alive after the proxy stops; the guard stops waiting after a
-// while, closes the link, and drains what comes.
-type linkProxy struct {
-	srv      *toxiproxy.ApiServer
-	name     string
-	upstream string
-	toxics   []toxic
-	guard    time.Duration // the guard's patience
-
-	mu     sync.Mutex         // protects the fields below
-	listen string             // the address, fixed by the first start
-	all    []*toxiproxy.Proxy // every proxy started; the live one last
-}
-
-// guardPatience is how long a link's guard waits for its writer to take a chunk before
-// it gives the link up: far longer than a live client takes to read on loopback.
-const guardPatience = 2 * time.Second
-
-func newLinkProxy(srv *toxiproxy.ApiServer, name, upstream string, toxics ...toxic) (*linkProxy, error) {
-	l := &linkProxy{srv: srv, name: name, upstream: upstream, toxics: toxics, guard: guardPatience, listen: "127.0.0.1:0"}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l, l.startLocked()
-}
-
-var streams = [...]string{"upstream", "downstream"}
-
-// startLocked starts a clean proxy on l.listen, its toxics inactive, a guard last.
-func (l *linkProxy) startLocked() error {
-	p := toxiproxy.NewProxy(l.srv, l.name, l.listen, l.upstream)
-	for _, stream := range streams {
-		for _, t := range l.toxics {
-			js := fmt.Sprintf(`{"name":"%s_%s","type":%q,"stream":%q,"toxicity":0,"attributes":%s}`, t.kind, stream, t.kind, stream, t.attrs)
-			if _, err := p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-				return fmt.Errorf("toxiproxy %s: %s: %v", l.name, t.kind, err)
-			}
-		}
-		js := fmt.Sprintf(`{"name":"guard_%s","type":%q,"stream":%q,"toxicity":1,"attributes":{"patience_ms":%d}}`, stream, guardType, stream, l.guard.Milliseconds())
-		if _, err := p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
-			return fmt.Errorf("toxiproxy %s: guard: %v", l.name, err)
-		}
-	}
-	if err := p.Start(); err != nil {
-		return fmt.Errorf("toxiproxy %s on %s: %v", l.name, l.listen, err)
-	}
-	l.listen = p.Listen // the port it bound, set before Start returned
-	l.all = append(l.all, p)
-	return nil
-}
-
-// Addr returns the address clients dial.
-func (l *linkProxy) Addr() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.listen
-}
-
-func (l *linkProxy) live() *toxiproxy.Proxy { return l.all[len(l.all)-1] }
-
-// activate switches the toxic of the kind on in both directions, on the live proxy.
-func (l *linkProxy) activate(kind string) error { return l.setToxicity(kind, 1) }
-
-// deactivate switches it off.
-func (l *linkProxy) deactivate(kind string) error { return l.setToxicity(kind, 0) }
-
-func (l *linkProxy) setToxicity(kind string, toxicity float32) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, stream := range streams {
-		js := fmt.Sprintf(`{"toxicity":%g}`, toxicity)
-		if _, err := l.live().Toxics.UpdateToxicJson(kind+"_"+stream, strings.NewReader(js)); err != nil {
-			return fmt.Errorf("toxiproxy %s: %s toxicity %g: %v", l.name, kind, toxicity, err)
-		}
-	}
-	return nil
-}
-
-// cut stops the live proxy, closing every connection through it (resetting them, if
-// the proxy carries a reset_peer toxic: see the resets fault), and starts a clean one on
-// the same address, its toxics inactive.
-func (l *linkProxy) cut() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.live().Stop()
-	return l.startLocked()
-}
-
-// stop stops every proxy l started; their links' goroutines then drain.
-func (l *linkProxy) stop() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, p := range l.all {
-		p.Stop()
-	}
-}
-
-// guardType is the guard's toxiproxy type, registered by this package.
-const guardType = "benchmarks_guard"
-
-func init() { toxics.Register(guardType, new(guardToxic)) }
-
-// guardToxic passes every chunk on, waiting up to Patience for the link's writer to
-// take it. A writer that does not has gone (its connection failed) or is stuck: the
-// guard then closes the link's output, which ends the writer if it was still there,
-// and drops whatever else comes until the input closes, so that no stub before it
-// blocks for ever. It never drops a chunk on a link it keeps open.
-type guardToxic struct {
-	Patience int64 `json:"patience_ms"`
-}
-
-func (g *guardToxic) Pipe(stub *toxics.ToxicStub) {
-	patience := time.Duration(g.Patience) * time.Millisecond
-	for {
-		select {
-		case <-stub.Interrupt:
-			return
-		case c := <-stub.Input:
-			if c == nil {
-				stub.Close()
-				return
-			}
-			if stub.WriteOutput(c, patience) != nil {
-				stub.Close()
-				for c := range stub.Input {
-					if c == nil {
-						return
-					}
-				}
-				return
-			}
-		}
-	}
-}
+// toxiproxyServer is the toxiproxy server every episode's proxies belong to.
+var toxiproxyServer = sync.OnceValue(redistest.NewToxiproxy)
 
 // waitGoroutinesGone polls until no goroutine's stack mentions fn: toxiproxy's links
 // end a moment after their proxy stops, and goleak (TestMain) must not see them.
