@@ -384,7 +384,8 @@ type mpConfig struct {
 	margin   time.Duration // from launching the children to their common start time
 	timeout  time.Duration // porcupine's
 	// faults kills the pub/sub connections of one node after another every
-	// faultEvery while the children run; the children then run with HealthCheck
+	// faultEvery while the children run, and every episodeEvery starts an episode
+	// of another fault (see faultEpisodes); the children then run with HealthCheck
 	// 100 ms and MaxStaleness 200 ms, and delta (Δ) must cover MaxStaleness.
 	faults bool
 	delta  time.Duration // Δ: how stale a read may be (staleBound if 0)
@@ -392,6 +393,117 @@ type mpConfig struct {
 
 // faultEvery is how often the faults run kills a node's pub/sub connections.
 const faultEvery = 150 * time.Millisecond
+
+// The faults run's other faults, one episode every episodeEvery, in turn, each on a
+// node in turn (the kinds and the nodes do not go round in step):
+//
+//   - pause: the node is stopped (SIGSTOP) for pauseFor, for every process: calls to
+//     it wait (the children's Timeout is 2 s), its pings go unanswered, so that what
+//     each process holds of it is served only within MaxStaleness of the last pong;
+//   - blackhole: reader process 1's links to the node (it dials every node through a
+//     proxy) drop every byte, connections open, for blackHoleFor; then they are cut,
+//     as a partition that heals with a reset ends;
+//   - latency: process 1's links to the node carry addedLatency more each way for
+//     latencyFor: its pongs come back later than MaxStaleness after their pings, so
+//     its near-cache stops serving the node's keys and its reads go to Redis over the
+//     slow link.
+const (
+	episodeEvery = 600 * time.Millisecond
+	pauseFor     = 250 * time.Millisecond
+	blackHoleFor = 250 * time.Millisecond
+	latencyFor   = 400 * time.Millisecond
+	addedLatency = 150 * time.Millisecond
+)
+
+var faultEpisodes = [...]string{"pause", "blackhole", "latency"}
+
+// mpFaults is what the faults run acts on: the ring's nodes, and the proxies process
+// 1 reaches them through.
+type mpFaults struct {
+	servers []*redistest.Server
+	links   []*redistest.LinkProxy
+	wg      sync.WaitGroup // the episodes in progress
+	mu      sync.Mutex     // protects count and err
+	count   map[string]int // episodes run, by kind
+	err     error
+}
+
+func newMPFaults(t *testing.T, servers []*redistest.Server) *mpFaults {
+	f := &mpFaults{servers: servers, count: make(map[string]int)}
+	tp := redistest.NewToxiproxy()
+	for i, s := range servers {
+		l, err := redistest.NewLinkProxy(tp, fmt.Sprintf("node-%d", i), s.Addr(),
+			redistest.Toxic{Kind: "timeout", Attrs: `{"timeout":0}`},
+			redistest.Toxic{Kind: "latency", Attrs: fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.links = append(f.links, l)
+	}
+	t.Cleanup(func() {
+		for _, l := range f.links {
+			l.Stop()
+		}
+		waitGoroutinesGone(t, "github.com/Shopify/toxiproxy", redistest.GuardPatience+5*time.Second)
+	})
+	return f
+}
+
+// addrs returns the addresses process 1 dials: the proxies.
+func (f *mpFaults) addrs() []string {
+	var a []string
+	for _, l := range f.links {
+		a = append(a, l.Addr())
+	}
+	return a
+}
+
+// episode runs episode n (its kind and node chosen by n) in a goroutine of its own.
+func (f *mpFaults) episode(n int) {
+	kind, node := faultEpisodes[n%len(faultEpisodes)], (n/len(faultEpisodes))%len(f.servers)
+	f.wg.Go(func() {
+		err := f.run(kind, node)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.count[kind]++
+		f.err = errors.Join(f.err, err)
+	})
+}
+
+func (f *mpFaults) run(kind string, node int) error {
+	hold := func(d time.Duration) {
+		t := time.NewTimer(d) // the fault's length, not an event
+		<-t.C
+	}
+	switch kind {
+	case "pause":
+		if err := f.servers[node].Pause(); err != nil {
+			return err
+		}
+		hold(pauseFor)
+		return f.servers[node].Resume()
+	case "blackhole":
+		if err := f.links[node].Activate("timeout"); err != nil {
+			return err
+		}
+		hold(blackHoleFor)
+		return f.links[node].Cut()
+	default:
+		if err := f.links[node].Activate("latency"); err != nil {
+			return err
+		}
+		hold(latencyFor)
+		return f.links[node].Deactivate("latency")
+	}
+}
+
+// wait waits for the episodes in progress and returns how many of each kind ran.
+func (f *mpFaults) wait() (map[string]int, error) {
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.count, f.err
+}
 
 // Δ of the faults run: the children's MaxStaleness, a tick of the near-cache's clock,
 // and the margin staleBound leaves for delivery under scheduling noise.
@@ -432,8 +544,11 @@ func TestMultiProcessCoherence(t *testing.T) { checkMultiProcess(t, mpDefault())
 // pub/sub connections are killed, one node after another every faultEvery (about 20
 // kills in the CI run): each kill loses the invalidations in flight and suspends the
 // node in every process until it re-subscribes, and what a process holds of the node
-// meanwhile is served within MaxStaleness (200 ms here). The history must be
-// linearizable with reads up to Δ = MaxStaleness + a clock tick + staleBound stale.
+// meanwhile is served within MaxStaleness (200 ms here). Every episodeEvery another
+// fault begins, in turn (faultEpisodes): a node paused for everyone, reader process
+// 1's links to a node black-holed and then cut, or slowed by 150 ms each way. The
+// history must be linearizable with reads up to Δ = MaxStaleness + a clock tick +
+// staleBound stale, whatever the link does.
 func TestMultiProcessCoherenceUnderFaults(t *testing.T) {
 	cfg := mpDefault()
 	cfg.faults, cfg.delta = true, faultDelta
@@ -538,8 +653,16 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 		stdout, stderr bytes.Buffer
 		out            string
 	}
+	var faults *mpFaults
+	if cfg.faults {
+		faults = newMPFaults(t, servers[:3])
+	}
 	procs := make([]*proc, 1+cfg.readers)
 	for i := range procs {
+		nodes := addrs
+		if faults != nil && i == 1 {
+			nodes = faults.addrs() // the same ring (nodes are named by index), through the proxies
+		}
 		p := &proc{role: "reader", out: filepath.Join(dir, fmt.Sprintf("proc-%d.jsonl", i))}
 		if i == 0 {
 			p.role = "writer"
@@ -547,7 +670,7 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 		p.cmd = exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
 		p.cmd.Env = append(os.Environ(),
 			envRole+"="+p.role,
-			envNodes+"="+strings.Join(addrs, ","),
+			envNodes+"="+strings.Join(nodes, ","),
 			envDB+"="+servers[3].Addr(),
 			envNS+"=mp",
 			envProc+"="+strconv.Itoa(i),
@@ -575,6 +698,7 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 	kills := 0
 	if cfg.faults {
 		tick := time.NewTicker(faultEvery)
+		episodes := 0
 		for i := 0; time.Now().Before(start.Add(cfg.duration)); i++ {
 			<-tick.C
 			if time.Now().Before(start) {
@@ -584,9 +708,22 @@ func runMultiProcess(t *testing.T, cfg mpConfig) mpRun {
 				t.Errorf("killing node %d's pub/sub clients: %v", i%3, err)
 			}
 			kills++
+			if i%int(episodeEvery/faultEvery) == 0 && time.Now().Add(latencyFor).Before(start.Add(cfg.duration)) {
+				faults.episode(episodes)
+				episodes++
+			}
 		}
 		tick.Stop()
-		t.Logf("killed a node's pub/sub connections %d times during the run", kills)
+		count, err := faults.wait()
+		if err != nil {
+			t.Errorf("fault episodes: %v", err)
+		}
+		t.Logf("killed a node's pub/sub connections %d times during the run; other faults: %v", kills, count)
+		for _, kind := range faultEpisodes {
+			if count[kind] == 0 {
+				t.Errorf("no %s episode ran", kind)
+			}
+		}
 	}
 	for i, p := range procs {
 		if err := p.cmd.Wait(); err != nil {
