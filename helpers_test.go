@@ -28,11 +28,9 @@ package tiered
 //     return ErrClosed.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -255,29 +253,13 @@ func pct(ds []time.Duration, p float64) time.Duration {
 	return s[min(max(i, 0), len(s)-1)]
 }
 
-// waitGoroutinesGone waits until no goroutine's stack mentions fn, and returns how
-// long that took. Some libraries' goroutines outlive the Close that ends their work
-// (go-redis's dial probes, toxiproxy's links): goleak must not see them.
+// waitGoroutinesGone is redistest.WaitGoroutinesGone, failing t if the goroutines
+// outlast within.
 func waitGoroutinesGone(t testing.TB, fn string, within time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(within)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		for n == len(buf) {
-			buf = make([]byte, 2*len(buf))
-			n = runtime.Stack(buf, true)
-		}
-		if !bytes.Contains(buf[:n], []byte(fn)) {
-			return time.Since(start)
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("goroutines in %s still running after %v:\n%s", fn, within, buf[:n])
-			return time.Since(start)
-		}
-		<-tick.C
+	d, err := redistest.WaitGoroutinesGone(fn, within)
+	if err != nil {
+		t.Error(err)
 	}
+	return d
 }

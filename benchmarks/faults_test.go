@@ -37,8 +37,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -355,7 +353,7 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 			l.Stop()
 		}
 		if len(env.proxies) > 0 {
-			if err := waitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
+			if _, err := redistest.WaitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
 				b.Error(err)
 			}
 		}
@@ -524,26 +522,3 @@ func warmFault(b *testing.B, w *world, sys System) {
 
 // toxiproxyServer is the toxiproxy server every episode's proxies belong to.
 var toxiproxyServer = sync.OnceValue(redistest.NewToxiproxy)
-
-// waitGoroutinesGone polls until no goroutine's stack mentions fn: toxiproxy's links
-// end a moment after their proxy stops, and goleak (TestMain) must not see them.
-func waitGoroutinesGone(fn string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		for n == len(buf) {
-			buf = make([]byte, 2*len(buf))
-			n = runtime.Stack(buf, true)
-		}
-		if !strings.Contains(string(buf[:n]), fn) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("goroutines in %s still running after %v:\n%s", fn, within, buf[:n])
-		}
-		<-tick.C
-	}
-}

@@ -6,8 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -82,7 +80,7 @@ func TestLinkProxy(t *testing.T) {
 		c.Close()
 		l.Stop()
 	}
-	if err := waitGoroutinesGone("github.com/Shopify/toxiproxy", GuardPatience+5*time.Second); err != nil {
+	if _, err := WaitGoroutinesGone("github.com/Shopify/toxiproxy", GuardPatience+5*time.Second); err != nil {
 		t.Error(err)
 	}
 }
@@ -142,7 +140,7 @@ func TestLinkProxyWriterGone(t *testing.T) {
 		}
 	}
 	l.Stop()
-	if err := waitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
+	if _, err := WaitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
 		t.Error(err)
 	}
 }
@@ -203,28 +201,4 @@ func roundTrip(c net.Conn, within time.Duration) (time.Duration, error) {
 		return 0, err
 	}
 	return time.Since(start), nil
-}
-
-// waitGoroutinesGone polls until no goroutine's stack mentions fn: a proxy's links end
-// a moment after it stops (within GuardPatience), and goleak (TestMain) must not see
-// them. These tests are not parallel, so no other test's links are running.
-func waitGoroutinesGone(fn string, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		for n == len(buf) {
-			buf = make([]byte, 2*len(buf))
-			n = runtime.Stack(buf, true)
-		}
-		if !strings.Contains(string(buf[:n]), fn) {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("goroutines in %s still running after %v:\n%s", fn, within, buf[:n])
-		}
-		<-tick.C
-	}
 }
