@@ -35,9 +35,14 @@ func (r *recorder) Confirmed(int, time.Time) {
 	r.confirms++
 	r.mu.Unlock()
 }
-func (r *recorder) Filled(_ int, key string, _ []byte) { r.add("filled " + key) }
-func (r *recorder) Up(int)                             { r.add("up") }
-func (r *recorder) Flush(_ int, c invalidation.Cause)  { r.add("flush " + c.String()) }
+func (r *recorder) Filled(_ int, key string, value []byte) {
+	if value != nil {
+		key += "=" + string(value)
+	}
+	r.add("filled " + key)
+}
+func (r *recorder) Up(int)                            { r.add("up") }
+func (r *recorder) Flush(_ int, c invalidation.Cause) { r.add("flush " + c.String()) }
 func (r *recorder) snapshot() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -149,8 +154,10 @@ func TestTopicsShareOneConnection(t *testing.T) {
 	publish("a:inv", "e", 1, "k1")
 	publish("b:inv", "e", 7, "k2") // b's sequence is its own: no gap for either
 	publish("a:inv", "e", 2, "k3")
-	cl.Publish(ctx, "a:fill", "k4")
-	a.waitFor(t, "up", "invalidate [k1]", "invalidate [k3]", "filled k4")
+	cl.Publish(ctx, "a:fill", "k9")    // malformed (not "<len>:<key>"): ignored
+	cl.Publish(ctx, "a:fill", "2:k4v") // k4, filled with "v"
+	cl.Publish(ctx, "a:fill", "2:k5")  // k5, value not sent
+	a.waitFor(t, "up", "invalidate [k1]", "invalidate [k3]", "filled k4=v", "filled k5")
 	b.waitFor(t, "up", "invalidate [k2]")
 	if st := subA.Status(); !st.Up || st.Epoch != "e" || st.Seq != 2 {
 		t.Errorf("a's status %+v", st)
