@@ -83,7 +83,11 @@
 //     staler than 250 ms with MaxStaleness 250 ms, against 699 ms without the bound),
 //     or a subscriber starved of CPU. Also bounded by scheduling: the clock goroutine
 //     running late lengthens the bound by as much. On a Redis Cluster (Options.Client)
-//     the pong comes from the one node the subscription is on.
+//     the pong comes from the one node the subscription is on, and confirms only what
+//     that node has received: a message another master published reaches it over the
+//     cluster bus, and one held up there (a slow or partitioned bus link) is not
+//     covered. On a Cluster the bound is therefore MaxStaleness plus the bus's delivery
+//     delay; confirmation per master is not implemented.
 //   - Bounded lifetime. In every case a near-cache copy lives at most
 //     Options.LocalTTL (default 1 minute), and never longer than the time its value
 //     had left in Redis when it was read (the expiry travels with the value).
