@@ -47,6 +47,7 @@ import (
 	"github.com/anishathalye/porcupine"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tieredcache/tiered/internal/linkproxy"
 	"github.com/tieredcache/tiered/internal/local"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
@@ -410,7 +411,7 @@ const faultEvery = 150 * time.Millisecond
 //     and its reads go to Redis over the slow link; then they are cut again.
 //
 // Each episode begins and ends with a cut because switching a toxic on or off while a
-// link carries traffic is a data race inside toxiproxy (see redistest.LinkProxy).
+// link carries traffic is a data race inside toxiproxy (see linkproxy.LinkProxy).
 const (
 	episodeEvery = 600 * time.Millisecond
 	pauseFor     = 250 * time.Millisecond
@@ -425,7 +426,7 @@ var faultEpisodes = [...]string{"pause", "blackhole", "latency"}
 // 1 reaches them through.
 type mpFaults struct {
 	servers []*redistest.Server
-	links   []*redistest.LinkProxy
+	links   []*linkproxy.LinkProxy
 	wg      sync.WaitGroup // the episodes in progress
 	mu      sync.Mutex     // protects count and err
 	count   map[string]int // episodes run, by kind
@@ -434,11 +435,11 @@ type mpFaults struct {
 
 func newMPFaults(t *testing.T, servers []*redistest.Server) *mpFaults {
 	f := &mpFaults{servers: servers, count: make(map[string]int)}
-	tp := redistest.NewToxiproxy()
+	tp := linkproxy.NewToxiproxy()
 	for i, s := range servers {
-		l, err := redistest.NewLinkProxy(tp, fmt.Sprintf("node-%d", i), s.Addr(),
-			redistest.Toxic{Kind: "timeout", Attrs: `{"timeout":0}`},
-			redistest.Toxic{Kind: "latency", Attrs: fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())})
+		l, err := linkproxy.NewLinkProxy(tp, fmt.Sprintf("node-%d", i), s.Addr(),
+			linkproxy.Toxic{Kind: "timeout", Attrs: `{"timeout":0}`},
+			linkproxy.Toxic{Kind: "latency", Attrs: fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -448,7 +449,7 @@ func newMPFaults(t *testing.T, servers []*redistest.Server) *mpFaults {
 		for _, l := range f.links {
 			l.Stop()
 		}
-		waitGoroutinesGone(t, "github.com/Shopify/toxiproxy", redistest.GuardPatience+5*time.Second)
+		waitGoroutinesGone(t, "github.com/Shopify/toxiproxy", linkproxy.GuardPatience+5*time.Second)
 	})
 	return f
 }
@@ -487,7 +488,7 @@ func (f *mpFaults) run(kind string, node int) error {
 		hold(pauseFor)
 		return f.servers[node].Resume()
 	case "blackhole":
-		// CutTo rather than Activate under traffic: see redistest.LinkProxy.Activate.
+		// CutTo rather than Activate under traffic: see linkproxy.LinkProxy.Activate.
 		if err := f.links[node].CutTo("timeout"); err != nil {
 			return err
 		}

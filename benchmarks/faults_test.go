@@ -42,6 +42,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tieredcache/tiered/internal/linkproxy"
 	"github.com/tieredcache/tiered/internal/redistest"
 )
 
@@ -78,7 +79,7 @@ var faultNodes nodeGroup
 type fault struct {
 	name    string
 	proxied bool              // the reader dials through proxies
-	toxics  []redistest.Toxic // the toxics the proxies carry, inactive until begin
+	toxics  []linkproxy.Toxic // the toxics the proxies carry, inactive until begin
 	begin   func(*faultEnv) error
 	every   time.Duration
 	repeat  func(*faultEnv) error
@@ -88,7 +89,7 @@ type fault struct {
 // faultEnv is what a fault acts on: the reader's proxies (one per node) and the
 // nodes.
 type faultEnv struct {
-	proxies []*redistest.LinkProxy
+	proxies []*linkproxy.LinkProxy
 	servers []*redistest.Server
 }
 
@@ -100,9 +101,9 @@ var faults = []fault{
 		// through them (as removing the timeout toxic would: a link that dropped
 		// bytes cannot carry on), and starts clean ones on the same addresses.
 		name: "blackhole", proxied: true,
-		toxics: []redistest.Toxic{{Kind: "timeout", Attrs: `{"timeout":0}`}},
-		begin:  forEachProxy(func(l *redistest.LinkProxy) error { return l.Activate("timeout") }),
-		end:    forEachProxy((*redistest.LinkProxy).Cut),
+		toxics: []linkproxy.Toxic{{Kind: "timeout", Attrs: `{"timeout":0}`}},
+		begin:  forEachProxy(func(l *linkproxy.LinkProxy) error { return l.Activate("timeout") }),
+		end:    forEachProxy((*linkproxy.LinkProxy).Cut),
 	},
 	{
 		// Every connection through the proxies is reset (TCP RST) every 300 ms; the
@@ -111,10 +112,10 @@ var faults = []fault{
 		// makes toxiproxy set SO_LINGER 0 on both sockets of every link
 		// (ToxicLink.Start), so that closing them resets them.
 		name: "resets", proxied: true,
-		toxics: []redistest.Toxic{{Kind: "reset_peer", Attrs: `{"timeout":0}`}},
-		begin:  forEachProxy((*redistest.LinkProxy).Cut),
+		toxics: []linkproxy.Toxic{{Kind: "reset_peer", Attrs: `{"timeout":0}`}},
+		begin:  forEachProxy((*linkproxy.LinkProxy).Cut),
 		every:  resetEvery,
-		repeat: forEachProxy((*redistest.LinkProxy).Cut),
+		repeat: forEachProxy((*linkproxy.LinkProxy).Cut),
 		end:    func(*faultEnv) error { return nil },
 	},
 	{
@@ -122,9 +123,9 @@ var faults = []fault{
 		// connections stay up throughout, and the bytes held back when it ends go
 		// on at once.
 		name: "latency", proxied: true,
-		toxics: []redistest.Toxic{{Kind: "latency", Attrs: fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())}},
-		begin:  forEachProxy(func(l *redistest.LinkProxy) error { return l.Activate("latency") }),
-		end:    forEachProxy(func(l *redistest.LinkProxy) error { return l.Deactivate("latency") }),
+		toxics: []linkproxy.Toxic{{Kind: "latency", Attrs: fmt.Sprintf(`{"latency":%d}`, addedLatency.Milliseconds())}},
+		begin:  forEachProxy(func(l *linkproxy.LinkProxy) error { return l.Activate("latency") }),
+		end:    forEachProxy(func(l *linkproxy.LinkProxy) error { return l.Deactivate("latency") }),
 	},
 	{
 		// The first node (the one rueidis uses) is killed with SIGKILL and, at the
@@ -135,7 +136,7 @@ var faults = []fault{
 	},
 }
 
-func forEachProxy(f func(*redistest.LinkProxy) error) func(*faultEnv) error {
+func forEachProxy(f func(*linkproxy.LinkProxy) error) func(*faultEnv) error {
 	return func(e *faultEnv) error {
 		var errs []error
 		for _, l := range e.proxies {
@@ -332,7 +333,7 @@ func runEpisode(b *testing.B, f fault, p Peer) episodeResult {
 	rcfg := cfg
 	if f.proxied {
 		for i, n := range cfg.Nodes {
-			l, err := redistest.NewLinkProxy(toxiproxyServer(), fmt.Sprintf("node-%d", i), n, f.toxics...)
+			l, err := linkproxy.NewLinkProxy(toxiproxyServer(), fmt.Sprintf("node-%d", i), n, f.toxics...)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -521,4 +522,4 @@ func warmFault(b *testing.B, w *world, sys System) {
 }
 
 // toxiproxyServer is the toxiproxy server every episode's proxies belong to.
-var toxiproxyServer = sync.OnceValue(redistest.NewToxiproxy)
+var toxiproxyServer = sync.OnceValue(linkproxy.NewToxiproxy)

@@ -1,4 +1,8 @@
-package redistest
+// Package linkproxy puts an in-process toxiproxy between a test's clients and a Redis
+// node, for the fault tests of the root package and the benchmarks' fault workload.
+// It lives apart from package redistest so that the modules whose tests only start
+// servers do not depend on toxiproxy.
+package linkproxy
 
 import (
 	"fmt"
@@ -148,7 +152,7 @@ func (l *LinkProxy) Stop() {
 }
 
 // guardType is the guard's toxiproxy type, registered by this package.
-const guardType = "redistest_guard"
+const guardType = "linkproxy_guard"
 
 func init() { toxics.Register(guardType, new(guardToxic)) }
 

@@ -1,4 +1,4 @@
-package redistest
+package linkproxy
 
 import (
 	"errors"
@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tieredcache/tiered/internal/redistest"
 )
 
 // TestLinkProxy checks a LinkProxy in front of an echo server: latency delays both
@@ -80,7 +82,7 @@ func TestLinkProxy(t *testing.T) {
 		c.Close()
 		l.Stop()
 	}
-	if _, err := WaitGoroutinesGone("github.com/Shopify/toxiproxy", GuardPatience+5*time.Second); err != nil {
+	if _, err := redistest.WaitGoroutinesGone("github.com/Shopify/toxiproxy", GuardPatience+5*time.Second); err != nil {
 		t.Error(err)
 	}
 }
@@ -140,7 +142,7 @@ func TestLinkProxyWriterGone(t *testing.T) {
 		}
 	}
 	l.Stop()
-	if _, err := WaitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
+	if _, err := redistest.WaitGoroutinesGone("github.com/Shopify/toxiproxy", 10*time.Second); err != nil {
 		t.Error(err)
 	}
 }
