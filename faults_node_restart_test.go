@@ -45,17 +45,22 @@ func TestC4NodeKillRestart(t *testing.T) {
 	for _, k := range xkeys {
 		waitLocal(t, b, k)
 	}
-	waitFor(t, "X confirmed in B", func() bool { return b.local.Fresh(x) })
-	s0 := b.Stats()
-	for _, k := range xkeys {
-		if v, err := b.Get(ctx, k); err != nil || v != "1" {
-			t.Fatalf("B.Get(%q) = %q, %v", k, v, err)
+	// While X is confirmed, every read of its keys is a near hit. A confirmation can
+	// lapse for a moment when the machine stalls the subscriber (its pongs late by more
+	// than MaxStaleness): the reads then go to X, correctly, and are tried again.
+	waitFor(t, "B to read X's keys from its near-cache", func() bool {
+		s0 := b.Stats()
+		for _, k := range xkeys {
+			if v, err := b.Get(ctx, k); err != nil || v != "1" {
+				t.Fatalf("B.Get(%q) = %q, %v", k, v, err)
+			}
 		}
-	}
-	if s := b.Stats(); s.LocalHits-s0.LocalHits != uint64(len(xkeys)) || s.RemoteHits != s0.RemoteHits || s.Loads != s0.Loads {
-		t.Fatalf("B's reads of X's keys: %d local hits, %d remote hits, %d loads; want %d local hits only",
-			s.LocalHits-s0.LocalHits, s.RemoteHits-s0.RemoteHits, s.Loads-s0.Loads, len(xkeys))
-	}
+		s := b.Stats()
+		if s.Loads != s0.Loads {
+			t.Fatalf("B loaded X's keys (%d loads); want near or shared hits", s.Loads-s0.Loads)
+		}
+		return s.LocalHits-s0.LocalHits == uint64(len(xkeys)) && s.RemoteHits == s0.RemoteHits
+	})
 	epochKey := "t" + t.Name() + ":invalidate:epoch"
 	epochBefore, err := servers[x].Do(ctx, "GET", epochKey)
 	if err != nil {
