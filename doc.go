@@ -83,11 +83,19 @@
 //     staler than 250 ms with MaxStaleness 250 ms, against 699 ms without the bound),
 //     or a subscriber starved of CPU. Also bounded by scheduling: the clock goroutine
 //     running late lengthens the bound by as much. On a Redis Cluster (Options.Client)
-//     the pong comes from the one node the subscription is on, and confirms only what
-//     that node has received: a message another master published reaches it over the
-//     cluster bus, and one held up there (a slow or partitioned bus link) is not
-//     covered. On a Cluster the bound is therefore MaxStaleness plus the bus's delivery
-//     delay; confirmation per master is not implemented.
+//     confirmation is per master: a message published on a master reaches the
+//     subscription's node over the cluster bus, which the pong does not cross, so
+//     every HealthCheck the subscriber also publishes a timestamped confirmation on
+//     each master (on a channel of its own; the masters found by reloading the
+//     Cluster's slots); it travels the bus link from that master behind every
+//     invalidation the master published before it. The Cluster is confirmed at the
+//     oldest of its masters' latest confirmations and the pong, so the bound holds
+//     on a slow bus link too (TestClusterMaxStalenessOnSlowBus: the bus into the
+//     subscription's node slowed by 700 ms, reads at most 140 ms stale with
+//     MaxStaleness 250 ms, against 735 ms without the bound), at a cost: one slow or unreachable master
+//     stops the near-cache of the whole Cluster's keys until it confirms again
+//     (they are read from Redis meanwhile), and each process publishes one message
+//     per master per HealthCheck, which the Cluster broadcasts to every node.
 //   - Bounded lifetime. In every case a near-cache copy lives at most
 //     Options.LocalTTL (default 1 minute), and never longer than the time its value
 //     had left in Redis when it was read (the expiry travels with the value).
@@ -225,7 +233,9 @@
 // bypass this package (a Loader reading a source updated behind the cache's back
 // serves the old value until the copies expire). On a Redis Cluster (Options.Client)
 // writes publish without sequence numbers, so a lost message is detected only through
-// a lost subscription.
+// a lost subscription; a message the cluster bus drops (a bus link that breaks and
+// reconnects) is not detected, and the next confirmation from its master does not
+// know of it.
 //
 // # Encoding
 //

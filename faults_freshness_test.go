@@ -3,8 +3,8 @@ package tiered
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -93,12 +93,136 @@ func TestMaxStalenessOnSlowLink(t *testing.T) {
 	})
 }
 
-// slowLink is a TCP proxy that delays what the server sends by delay (from when it is
-// set; 0: none), keeping its order: a link that is slow but neither silent nor lost.
+// TestClusterMaxStalenessOnSlowBus: on a Redis Cluster, an invalidation published on
+// one master reaches the subscription's node over the cluster bus, which the
+// subscription's own pings do not cross. Here the bus into the subscription's node is
+// slowed by 700 ms while A writes keys of the other masters: B (MaxStaleness 250 ms)
+// must serve no read staler than its bound, which its per-master confirmations give
+// (every master publishes them, behind its invalidations, on the same bus link);
+// C, on the same Cluster without the bound, shows the bus was that slow.
+func TestClusterMaxStalenessOnSlowBus(t *testing.T) {
+	const (
+		latency = 700 * time.Millisecond
+		bound   = 250 * time.Millisecond
+		margin  = 100 * time.Millisecond // the near-cache clock's goroutine, -race on 2 cores
+		hold    = 2 * time.Second
+	)
+	// A node timeout far above the bus's latency: the slow link must not be taken for
+	// a failed node.
+	cluster := redistest.StartClusterT(t, 3, redistest.WithArgs("--cluster-node-timeout", "20000"))
+	ctx := context.Background()
+	newClient := func() *redis.ClusterClient {
+		cl := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs(), ContextTimeoutEnabled: true})
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	src := newSource()
+	h, hc := newHistory(), newHistory()
+	opts := func(maxStale time.Duration) Options[string] {
+		return Options[string]{Client: newClient(), Namespace: "slowbus", Loader: src,
+			HealthCheck: 50 * time.Millisecond, Timeout: 5 * time.Second, MaxStaleness: maxStale}
+	}
+	a := newCache(t, opts(time.Second))
+	b := newCache(t, opts(bound))
+	c := newCache(t, opts(30*time.Second))
+	waitFor(t, "A, B and C subscribed", func() bool { return allUp(a) && allUp(b) && allUp(c) })
+
+	// The subscriptions are on the master of the channel's slot: slow the bus into it.
+	cl := newClient()
+	sub, err := cl.MasterForKey(ctx, a.shared.(interface{ Channel() string }).Channel())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subNode *redistest.Server
+	for _, n := range cluster.Nodes {
+		if n.Addr() == sub.Options().Addr {
+			subNode = n
+		}
+	}
+	if subNode == nil {
+		t.Fatalf("the subscriptions' node %s is not in the cluster", sub.Options().Addr)
+	}
+	link := newSlowLink(t, fmt.Sprintf("127.0.0.1:%d", subNode.Port()+10000))
+	_, proxyPort, _ := net.SplitHostPort(link.addr())
+	if _, err := subNode.Do(ctx, "CONFIG", "SET", "cluster-announce-bus-port", proxyPort); err != nil {
+		t.Fatal(err)
+	}
+	// The other masters reconnect their bus links to the node through the proxy.
+	waitFor(t, "the other masters' bus links to the node go through the proxy", func() bool {
+		for _, n := range cluster.Nodes {
+			if n == subNode {
+				continue
+			}
+			nodes, err := n.Do(ctx, "CLUSTER", "NODES")
+			if err != nil || !strings.Contains(fmt.Sprint(nodes), "@"+proxyPort) {
+				return false
+			}
+		}
+		return link.accepted.Load() >= int64(len(cluster.Nodes)-1)
+	})
+
+	// Keys of the other masters: their invalidations cross the slow bus.
+	var keys []string
+	for i := 0; len(keys) < 8; i++ {
+		k := fmt.Sprint("k:", i)
+		m, err := cl.MasterForKey(ctx, redisKey(a, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Options().Addr != subNode.Addr() {
+			keys = append(keys, k)
+		}
+	}
+	w := newVersionWriter(a, src, h)
+	seedVersions(t, w, b, keys)
+	for _, k := range keys {
+		if _, err := c.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		waitLocal(t, b, k)
+		waitLocal(t, c, k)
+	}
+	link.upDelay.Store(int64(latency))
+	slowAt := time.Now()
+	writers := startWriters(t, w, keys, 2, 20*time.Millisecond)
+	rb := startReaders(t, b, h, keys, 4, time.Millisecond)
+	rc := startReaders(t, c, hc, keys, 4, time.Millisecond)
+	base, basec := b.Stats(), c.Stats()
+	for time.Since(slowAt) < hold || h.readsSince(slowAt, nil) < 20 {
+		if time.Since(slowAt) > 20*time.Second {
+			t.Fatalf("only %d reads on the slow bus", h.readsSince(slowAt, nil))
+		}
+		<-time.After(10 * time.Millisecond) // the length of the run, not a wait for an event
+	}
+	writers.stop()
+	rb.stop()
+	rc.stop()
+	if !b.local.Up(0) || !c.local.Up(0) {
+		t.Fatal("a subscription was lost: the scenario needs it up")
+	}
+	hc.acks = h.acks // the writers are stopped: C's reads are judged against the same acknowledgements
+	during := h.analyze(slowAt, time.Time{}, bound+local.Tick+margin, nil)
+	control := hc.analyze(slowAt, time.Time{}, bound+local.Tick+margin, nil)
+	t.Logf("B, MaxStaleness %v: %v; near hits %d", bound, during, b.Stats().LocalHits-base.LocalHits)
+	t.Logf("C, MaxStaleness 30s: %v; near hits %d", control, c.Stats().LocalHits-basec.LocalHits)
+	t.Logf("A's write errors: %d", writers.errs.Load())
+	if during.stale > 0 {
+		t.Errorf("B: %d reads staler than MaxStaleness + tick + margin (%v); worst %v", during.stale, bound+local.Tick+margin, during.maxAge)
+	}
+	if control.maxAge < latency/2 {
+		t.Errorf("C, without the bound: expected reads staler than %v on a %v bus; max age %v", latency/2, latency, control.maxAge)
+	}
+}
+
+// slowLink is a TCP proxy that delays what the server sends by delay, and what the
+// client sends by upDelay (from when they are set; 0: none), keeping its order: a link
+// that is slow but neither silent nor lost.
 type slowLink struct {
 	ln       net.Listener
 	upstream string
-	delay    atomic.Int64 // nanoseconds
+	delay    atomic.Int64 // nanoseconds, server to client
+	upDelay  atomic.Int64 // nanoseconds, client to server
+	accepted atomic.Int64 // connections accepted
 	wg       sync.WaitGroup
 	mu       sync.Mutex // protects conns
 	conns    []net.Conn
@@ -136,39 +260,46 @@ func (l *slowLink) accept() {
 			c.Close()
 			continue
 		}
+		l.accepted.Add(1)
 		l.mu.Lock()
 		l.conns = append(l.conns, c, u)
 		l.mu.Unlock()
-		l.wg.Go(func() { io.Copy(u, c); u.Close() })
-		chunks := make(chan chunk, 4096)
-		l.wg.Go(func() { // server to client: read, stamp with when it may go
-			defer close(chunks)
-			for {
-				b := make([]byte, 32<<10)
-				n, err := u.Read(b)
-				if n > 0 {
-					chunks <- chunk{b: b[:n], at: time.Now().Add(time.Duration(l.delay.Load()))}
-				}
-				if err != nil {
-					return
-				}
-			}
-		})
-		l.wg.Go(func() {
-			defer c.Close()
-			for ch := range chunks {
-				if d := time.Until(ch.at); d > 0 {
-					<-time.After(d) // the link's latency
-				}
-				if _, err := c.Write(ch.b); err != nil {
-					u.Close()
-					for range chunks { // drain until the reader ends
-					}
-					return
-				}
-			}
-		})
+		l.pipe(u, c, &l.upDelay)
+		l.pipe(c, u, &l.delay)
 	}
+}
+
+// pipe copies what src sends to dst, each chunk delay after it was read; when either
+// side fails, both are closed.
+func (l *slowLink) pipe(dst, src net.Conn, delay *atomic.Int64) {
+	chunks := make(chan chunk, 4096)
+	l.wg.Go(func() { // read, stamp with when it may go
+		defer close(chunks)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				chunks <- chunk{b: b[:n], at: time.Now().Add(time.Duration(delay.Load()))}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	l.wg.Go(func() {
+		defer dst.Close()
+		for ch := range chunks {
+			if d := time.Until(ch.at); d > 0 {
+				<-time.After(d) // the link's latency
+			}
+			if _, err := dst.Write(ch.b); err != nil {
+				src.Close()
+				for range chunks { // drain until the reader ends
+				}
+				return
+			}
+		}
+	})
 }
 
 type chunk struct {

@@ -131,7 +131,8 @@ type Options[V any] struct {
 	// Redis (or the Loader). Each node's subscriber pings on its subscription
 	// connection every HealthCheck; the pong of a ping sent at time s follows, on
 	// that connection, every invalidation the node published before s, so it
-	// confirms them all. A hit at time t therefore serves a value no write
+	// confirms them all (on a Redis Cluster, per master: see the package
+	// documentation). A hit at time t therefore serves a value no write
 	// acknowledged before t - MaxStaleness - 10 ms (the near-cache's clock tick)
 	// has replaced, even on a link that is slow, or silent without failing, or
 	// while this process's subscriber is starved of CPU. Default 1 s: with pings

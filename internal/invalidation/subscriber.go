@@ -2,10 +2,13 @@ package invalidation
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -161,12 +164,21 @@ type Subscriber struct {
 	// dispatch is held (read) while a message is handed to a Handler, so that
 	// Remove can wait until its Handler is called no more.
 	dispatch sync.RWMutex
+
+	// On a Redis Cluster (Config.Client a *redis.ClusterClient): the channel of this
+	// Subscriber's per-master confirmations (see masterConfirms), "" otherwise.
+	confirmCh string
 }
 
 // Start starts a Subscriber's goroutine; Stop ends it.
 func Start(cfg Config) *Subscriber {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Subscriber{cfg: cfg, cancel: cancel, done: make(chan struct{}), added: make(chan struct{}, 1)}
+	if _, ok := cfg.Client.(*redis.ClusterClient); ok {
+		var id [8]byte
+		_, _ = rand.Read(id[:])
+		s.confirmCh = confirmPrefix + hex.EncodeToString(id[:])
+	}
 	s.routes.Store(&map[string]route{})
 	go s.run(ctx)
 	return s
@@ -328,6 +340,10 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 	// Topics added from here on subscribe themselves on ps; subscribing one twice
 	// only confirms it twice.
 	if _, channels := s.snapshot(); len(channels) > 0 {
+		if s.confirmCh != "" {
+			// Last: the first channel chooses the Cluster node of the connection.
+			channels = append(channels, s.confirmCh)
+		}
 		sctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		err := ps.Subscribe(sctx, channels...)
 		cancel()
@@ -335,6 +351,17 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 			s.logf("invalidation: subscribe failed", err)
 			return false
 		}
+	}
+	var mc *masterConfirms
+	if cc, ok := s.cfg.Client.(*redis.ClusterClient); ok {
+		mc = &masterConfirms{at: map[string]time.Time{}, kick: make(chan struct{}, 1)}
+		mctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() { s.publishConfirms(mctx, cc, mc) })
+		defer func() {
+			stop()
+			wg.Wait()
+		}()
 	}
 	// Pings go out every Health; their pongs come back in order, behind every
 	// message published before the ping reached the node.
@@ -383,6 +410,12 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 		case *redis.Subscription:
 			// The first confirmation, or go-redis re-subscribing by itself after a
 			// reconnect: messages in between may be lost either way.
+			if m.Kind == "subscribe" && mc != nil && m.Channel == s.confirmCh {
+				select { // a round sent before the subscription may be lost
+				case mc.kick <- struct{}{}:
+				default:
+				}
+			}
 			if m.Kind == "subscribe" {
 				s.dispatch.RLock()
 				if r, ok := (*s.routes.Load())[m.Channel]; ok && !r.fill {
@@ -404,11 +437,21 @@ func (s *Subscriber) session(ctx context.Context) (wasUp bool) {
 			}
 			for len(pings) > 0 && pings[0].seq <= id {
 				if pings[0].seq == id {
-					s.confirm(pings[0].sent)
+					if mc == nil {
+						s.confirm(pings[0].sent)
+					} else if at := mc.pong(pings[0].sent); !at.IsZero() {
+						s.confirm(at)
+					}
 				}
 				pings = pings[1:]
 			}
 		case *redis.Message:
+			if mc != nil && m.Channel == s.confirmCh {
+				if at := mc.message(m.Payload); !at.IsZero() {
+					s.confirm(at)
+				}
+				continue
+			}
 			s.dispatch.RLock()
 			if r, ok := (*s.routes.Load())[m.Channel]; ok {
 				if r.fill {
@@ -432,6 +475,125 @@ type ping struct {
 
 // pingPrefix starts the payload of the Subscriber's pings.
 const pingPrefix = "tiered:"
+
+// confirmPrefix starts the channel of a Subscriber's per-master confirmations.
+const confirmPrefix = "tiered:confirm:"
+
+// masterConfirms confirms a Redis Cluster's invalidations per master. A message
+// published on master M reaches the subscription's node over the cluster bus link
+// from M, not on the subscription's connection: the pong of a ping on that
+// connection confirms only what the node has received, and says nothing of a
+// message still on a slow bus link. So every Health, publishConfirms publishes on each
+// master a confirmation, on this Subscriber's own channel, carrying the time it was
+// sent: it travels the same link from M, behind every message M published before,
+// so its arrival confirms them. The node is confirmed at the oldest of its masters'
+// latest confirmations (and of the subscription's pong): a master whose
+// confirmations stop arriving (a slow or broken bus link, a master down) holds back
+// the whole Cluster's confirmation, so the near-cache stops serving its keys
+// MaxStaleness after that master's last one.
+type masterConfirms struct {
+	mu      sync.Mutex
+	masters []string             // the masters at the last round of confirmations
+	at      map[string]time.Time // master address -> send time of its latest confirmation received
+	pinged  time.Time            // send time of the subscription's latest pong
+	kick    chan struct{}        // starts a round now: the channel's subscription is confirmed
+}
+
+// round records the masters that the latest round of confirmations went to.
+func (mc *masterConfirms) round(masters []string) {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	mc.masters = masters
+	for addr := range mc.at { // forget masters that are gone
+		if !slices.Contains(masters, addr) {
+			delete(mc.at, addr)
+		}
+	}
+}
+
+// pong records the pong of a ping sent at sent and returns the node's confirmation.
+func (mc *masterConfirms) pong(sent time.Time) time.Time {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	mc.pinged = sent
+	return mc.oldestLocked()
+}
+
+// message records a confirmation received on the confirmation channel and returns
+// the node's confirmation (zero if none, or if payload is not one).
+func (mc *masterConfirms) message(payload string) time.Time {
+	addr, ns, ok := strings.Cut(payload, " ")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || err != nil {
+		return time.Time{}
+	}
+	sent := time.Unix(0, n)
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	if sent.After(mc.at[addr]) {
+		mc.at[addr] = sent
+	}
+	return mc.oldestLocked()
+}
+
+// oldestLocked returns the oldest of the masters' confirmations and the pong's:
+// zero until every master has confirmed once.
+func (mc *masterConfirms) oldestLocked() time.Time {
+	if len(mc.masters) == 0 || mc.pinged.IsZero() {
+		return time.Time{}
+	}
+	oldest := mc.pinged
+	for _, addr := range mc.masters {
+		at, ok := mc.at[addr]
+		if !ok {
+			return time.Time{}
+		}
+		if at.Before(oldest) {
+			oldest = at
+		}
+	}
+	return oldest
+}
+
+// publishConfirms publishes a confirmation on every master of cc every Health, in
+// rounds, until ctx ends. A round that does not finish within Timeout is given up
+// (a hung master's confirmations stop, which the node's confirmation shows).
+func (s *Subscriber) publishConfirms(ctx context.Context, cc *redis.ClusterClient, mc *masterConfirms) {
+	t := time.NewTicker(s.cfg.Health)
+	defer t.Stop()
+	for {
+		sent := time.Now()
+		payload := " " + strconv.FormatInt(sent.UnixNano(), 10)
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		var mu sync.Mutex
+		var masters []string
+		// ForEachMaster reloads the Cluster's slots first: a new master is in the
+		// round that follows its promotion.
+		err := cc.ForEachMaster(rctx, func(ctx context.Context, m *redis.Client) error {
+			addr := m.Options().Addr
+			mu.Lock()
+			masters = append(masters, addr)
+			mu.Unlock()
+			return m.Publish(ctx, s.confirmCh, addr+payload).Err()
+		})
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if len(masters) > 0 {
+			mc.round(masters)
+		}
+		if err != nil {
+			s.logf("invalidation: a master's confirmation failed", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-mc.kick:
+		}
+	}
+}
 
 // confirm reports to the Topics whose subscription is up that the node's messages
 // published before at have arrived.

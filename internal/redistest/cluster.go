@@ -28,8 +28,9 @@ type Cluster struct {
 // `redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes` and
 // waits until CLUSTER INFO reports cluster_state:ok, all slots assigned and
 // all nodes known on every node. It does not depend on package testing. The
-// caller must call Stop.
-func StartCluster(masters int) (*Cluster, error) {
+// caller must call Stop. The opts apply to every node (after the cluster's own
+// arguments, so WithArgs can override them, such as --cluster-node-timeout).
+func StartCluster(masters int, opts ...Option) (*Cluster, error) {
 	if masters < 3 {
 		return nil, fmt.Errorf("redistest: a cluster needs at least 3 masters, got %d", masters)
 	}
@@ -39,7 +40,7 @@ func StartCluster(masters int) (*Cluster, error) {
 	}
 	c := &Cluster{}
 	for range masters {
-		s, err := StartServer(withCluster())
+		s, err := StartServer(append([]Option{withCluster()}, opts...)...)
 		if err != nil {
 			return nil, errors.Join(err, c.Stop())
 		}
@@ -67,9 +68,9 @@ func StartCluster(masters int) (*Cluster, error) {
 // StartClusterT starts a cluster for a test or benchmark and registers
 // tb.Cleanup to Stop it. If redis-server or redis-cli is missing it fails the
 // test with ErrNotInstalled's message.
-func StartClusterT(tb testing.TB, masters int) *Cluster {
+func StartClusterT(tb testing.TB, masters int, opts ...Option) *Cluster {
 	tb.Helper()
-	c, err := StartCluster(masters)
+	c, err := StartCluster(masters, opts...)
 	if errors.Is(err, ErrNotInstalled) {
 		tb.Fatal(err.Error())
 	}
