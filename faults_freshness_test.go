@@ -307,6 +307,41 @@ type chunk struct {
 	at time.Time
 }
 
+// TestNodeStatusConfirmed: Nodes reports when each node was last confirmed. It
+// follows the pings while the node answers, stops while the node is paused (so the
+// node's keys leave the near-cache once it is MaxStaleness old), and moves on again
+// when the node answers.
+func TestNodeStatusConfirmed(t *testing.T) {
+	const maxStale = 300 * time.Millisecond
+	srv := redistest.Start(t, 1)
+	o := ringOpts[string](t, srv)
+	o.Loader, o.HealthCheck, o.Timeout, o.MaxStaleness = newSource(), 50*time.Millisecond, 5*time.Second, maxStale
+	c := newCache(t, o)
+	confirmed := func() time.Time { return c.Nodes()[0].Confirmed }
+	waitFor(t, "the node confirmed within MaxStaleness", func() bool {
+		at := confirmed()
+		return !at.IsZero() && time.Since(at) < maxStale && c.local.Fresh(0)
+	})
+	if err := srv[0].Pause(); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	waitFor(t, "the paused node's confirmation older than twice MaxStaleness", func() bool {
+		return time.Since(confirmed()) > 2*maxStale
+	})
+	if at := confirmed(); at.After(paused) {
+		t.Errorf("confirmed at %v, after the node was paused (%v)", at, paused)
+	}
+	if c.local.Fresh(0) {
+		t.Error("the node's keys are still served from the near-cache, its confirmation older than MaxStaleness")
+	}
+	if err := srv[0].Resume(); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	waitFor(t, "the node confirmed again", func() bool { return confirmed().After(resumed) && c.local.Fresh(0) })
+}
+
 // TestNearCacheServesThroughOutage: the only node is stopped. With a long MaxStaleness
 // the near-cache keeps answering what it holds (no load, no error) although the node's
 // subscription is down; with a short one, the keys go to the Loader once the node's

@@ -28,6 +28,13 @@ type NodeStatus struct {
 	// Since is when Subscribed last changed (when its subscriber started, if it
 	// never has).
 	Since time.Time
+	// Confirmed is when the invalidations the node published were last confirmed
+	// (by a pong on its subscription, and on a Redis Cluster by every master: see
+	// Options.MaxStaleness); zero before the first confirmation. Its keys are
+	// served from the near-cache only until MaxStaleness after Confirmed: a
+	// Confirmed older than that (a slow, silent or lost link) means they are read
+	// from Redis, or the Loader.
+	Confirmed time.Time
 	// MissedWrites counts the keys of Sets and Deletes that could not be confirmed
 	// on the node, not yet replayed (see Options.MissedDeletes); those keys are not
 	// read there until they are. Overflowed reports that they exceeded
@@ -63,6 +70,7 @@ func (c *Cache[V]) Nodes() []NodeStatus {
 			st := sub.Status()
 			ns.Subscribed, ns.Since, ns.Epoch, ns.Seq = st.Up, st.Since, st.Epoch, st.Seq
 		}
+		ns.Confirmed = c.local.Confirmed(idx)
 		out = append(out, ns)
 	}
 	return out

@@ -99,6 +99,9 @@
 //	tiered.node.writes.overflowed  1          1 while they exceed Options.MissedDeletes, else 0
 //	tiered.node.sequence           {message}  sequence number of the last invalidation received from it
 //	tiered.node.member             1          1 on the ring, 0 removed and still in its handoff
+//	tiered.node.confirmation.age   s          time since its invalidations were last confirmed (a float64
+//	                                          gauge, absent before the first): past Options.MaxStaleness its
+//	                                          keys are read from Redis, not the near-cache
 //
 // The breaker's state is a set of three points per node, one of them 1, rather than
 // a number standing for a state: a dashboard sums or filters them by

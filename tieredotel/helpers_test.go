@@ -247,6 +247,24 @@ func (s snapshot) value(name string, kvs ...attribute.KeyValue) int64 {
 	return 0
 }
 
+// floatValue returns the value of the float64 gauge name's point whose attributes are
+// exactly the cache's and kvs; it fails the test if there is none.
+func (s snapshot) floatValue(name string, kvs ...attribute.KeyValue) float64 {
+	s.t.Helper()
+	g, ok := s.get(name).Data.(metricdata.Gauge[float64])
+	if !ok {
+		s.t.Fatalf("%s: %T, want a float64 Gauge", name, s.get(name).Data)
+	}
+	want := s.attrs(kvs...)
+	for _, p := range g.DataPoints {
+		if p.Attributes.Equals(&want) {
+			return p.Value
+		}
+	}
+	s.t.Fatalf("%s: no point with %v", name, want.ToSlice())
+	return 0
+}
+
 // total returns the sum of name's points (0 if name was not collected: a synchronous
 // instrument that recorded nothing is not).
 func (s snapshot) total(name string) int64 {

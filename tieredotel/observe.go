@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/metric"
 
@@ -170,8 +171,12 @@ func (m *Metrics) observe(o metric.Observer, src Source) {
 	} {
 		o.ObserveInt64(m.flushesTotal, clamp(n), m.causeObserve[c]...)
 	}
+	now := time.Now()
 	for _, ns := range src.Nodes() {
 		na := m.node(ns.Name)
+		if !ns.Confirmed.IsZero() {
+			o.ObserveFloat64(m.nodeConfirmAge, max(now.Sub(ns.Confirmed).Seconds(), 0), na.observe...)
+		}
 		o.ObserveInt64(m.nodeSubscribed, bit(ns.Subscribed), na.observe...)
 		o.ObserveInt64(m.nodeMember, bit(ns.Member), na.observe...)
 		o.ObserveInt64(m.nodePending, int64(ns.MissedWrites), na.observe...)

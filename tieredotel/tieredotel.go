@@ -99,6 +99,7 @@ type Metrics struct {
 	flushesTotal                            metric.Int64ObservableCounter
 	nodeSubscribed, nodeBreaker, nodeMember metric.Int64ObservableGauge
 	nodePending, nodeOverflowed, nodeSeq    metric.Int64ObservableGauge
+	nodeConfirmAge                          metric.Float64ObservableGauge
 	cacheObserve                            []metric.ObserveOption
 	causeObserve                            [numCauses][]metric.ObserveOption
 
@@ -204,6 +205,12 @@ func (m *Metrics) instruments() error {
 		"Sequence number of the last invalidation message received from the node.")
 	m.nodeMember = gauge("tiered.node.member", "1",
 		"1 for a node on the ring, 0 for a removed node still in its handoff.")
+	age, err := m.meter.Float64ObservableGauge("tiered.node.confirmation.age", metric.WithUnit("s"),
+		metric.WithDescription("Time since the node's invalidations were last confirmed (Options.MaxStaleness): "+
+			"its keys are served from the near-cache only while this is under MaxStaleness. Not reported before the first confirmation."))
+	errs = append(errs, err)
+	m.observed = append(m.observed, age)
+	m.nodeConfirmAge = age
 	return errors.Join(errs...)
 }
 

@@ -86,6 +86,7 @@ var instruments = map[string]instrument{
 	"tiered.node.writes.overflowed": {unit: "1", kind: gauge, observed: true, perNode: true},
 	"tiered.node.sequence":          {unit: "{message}", kind: gauge, observed: true, perNode: true},
 	"tiered.node.member":            {unit: "1", kind: gauge, observed: true, perNode: true},
+	"tiered.node.confirmation.age":  {unit: "s", kind: gauge, observed: true, perNode: true},
 }
 
 // checkInstruments checks the name, unit, kind and description of every instrument
@@ -114,7 +115,7 @@ func checkInstruments(t *testing.T, s snapshot, shared bool) {
 			if want.kind != counter || !d.IsMonotonic || d.Temporality != metricdata.CumulativeTemporality {
 				t.Errorf("%s: monotonic %v %v Sum, want a %s", name, d.IsMonotonic, d.Temporality, want.kind)
 			}
-		case metricdata.Gauge[int64]:
+		case metricdata.Gauge[int64], metricdata.Gauge[float64]:
 			if want.kind != gauge {
 				t.Errorf("%s: Gauge, want a %s", name, want.kind)
 			}
@@ -262,6 +263,11 @@ func TestTwoReplicas(t *testing.T) {
 				if got, want := s.value("tiered.node.breaker.state", node, stateAttr(st)), int64(0); st == tiered.BreakerClosed && got != 1 || st != tiered.BreakerClosed && got != want {
 					t.Errorf("%s: tiered.node.breaker.state{%s, %s} = %d", r.name, addr, st, got)
 				}
+			}
+			// Confirmed every HealthCheck (250 ms): an age that is not negative, and far
+			// from the test's length on a healthy node, however loaded the machine.
+			if age := s.floatValue("tiered.node.confirmation.age", node); age < 0 || age > 30 {
+				t.Errorf("%s: tiered.node.confirmation.age{%s} = %v s", r.name, addr, age)
 			}
 			if got := s.value("tiered.node.flushes", node, resubscribe); got != 1 {
 				t.Errorf("%s: tiered.node.flushes{%s, resubscribe} = %d, want 1", r.name, addr, got)

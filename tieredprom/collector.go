@@ -80,7 +80,7 @@ var statCounters = []statCounter{
 type scrapeDescs struct {
 	stats []*prometheus.Desc // by statCounters index
 
-	up, since, breaker, missed, overflowed, member, seq, info *prometheus.Desc
+	up, since, confirmed, breaker, missed, overflowed, member, seq, info *prometheus.Desc
 }
 
 func newScrapeDescs(ns string, constLabels prometheus.Labels) scrapeDescs {
@@ -92,6 +92,9 @@ func newScrapeDescs(ns string, constLabels prometheus.Labels) scrapeDescs {
 			"1 if this process's invalidation subscription to the node is confirmed (its keys are served from the near-cache), 0 if not.", "node"),
 		since: desc("node_subscription_changed_timestamp_seconds",
 			"When node_up last changed (or the subscriber started, if it never has), in seconds since the Unix epoch.", "node"),
+		confirmed: desc("node_confirmed_timestamp_seconds",
+			"When the node's invalidations were last confirmed (Options.MaxStaleness), in seconds since the Unix epoch: "+
+				"its keys are served from the near-cache only until MaxStaleness after it. Absent before the first confirmation.", "node"),
 		breaker: desc("node_breaker_state",
 			"State of the node's circuit breaker: 1 for the current state (closed, half-open or open), 0 for the others. "+
 				"On a Redis Cluster, the worst among its masters'.", "node", "state"),
@@ -114,7 +117,7 @@ func newScrapeDescs(ns string, constLabels prometheus.Labels) scrapeDescs {
 }
 
 func (d *scrapeDescs) all() []*prometheus.Desc {
-	return append([]*prometheus.Desc{d.up, d.since, d.breaker, d.missed, d.overflowed, d.member, d.seq, d.info}, d.stats...)
+	return append([]*prometheus.Desc{d.up, d.since, d.confirmed, d.breaker, d.missed, d.overflowed, d.member, d.seq, d.info}, d.stats...)
 }
 
 // Collector returns the prometheus.Collector of the cache src, whose Options.Recorder
@@ -174,6 +177,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		send(ch, d.up, prometheus.GaugeValue, bool01(n.Subscribed), name)
 		if !n.Since.IsZero() {
 			send(ch, d.since, prometheus.GaugeValue, float64(n.Since.UnixNano())/1e9, name)
+		}
+		if !n.Confirmed.IsZero() {
+			send(ch, d.confirmed, prometheus.GaugeValue, float64(n.Confirmed.UnixNano())/1e9, name)
 		}
 		for s := range breakerCount {
 			state := tiered.BreakerState(s)

@@ -112,7 +112,8 @@ func TestEveryStatsFieldIsExposed(t *testing.T) {
 func TestNodeGauges(t *testing.T) {
 	src := &fakeSource{nodes: []tiered.NodeStatus{
 		{Name: "n1", Addr: "10.0.0.1:6379", Member: true, Breaker: tiered.BreakerOpen, Subscribed: false,
-			Since: time.Unix(1700000000, 500_000_000), MissedWrites: 7, Overflowed: true, Epoch: "e1", Seq: 42},
+			Since: time.Unix(1700000000, 500_000_000), MissedWrites: 7, Overflowed: true, Epoch: "e1", Seq: 42,
+			Confirmed: time.Unix(1700000200, 500_000_000)},
 		{Name: "n2", Addr: "10.0.0.2:6379", Member: false, Breaker: tiered.BreakerHalfOpen, Subscribed: true,
 			Since: time.Unix(1700000100, 0)},
 	}}
@@ -128,6 +129,9 @@ tiered_node_breaker_state{cache="users",node="n1",state="open"} 1
 tiered_node_breaker_state{cache="users",node="n2",state="closed"} 0
 tiered_node_breaker_state{cache="users",node="n2",state="half-open"} 1
 tiered_node_breaker_state{cache="users",node="n2",state="open"} 0
+# HELP tiered_node_confirmed_timestamp_seconds When the node's invalidations were last confirmed (Options.MaxStaleness), in seconds since the Unix epoch: its keys are served from the near-cache only until MaxStaleness after it. Absent before the first confirmation.
+# TYPE tiered_node_confirmed_timestamp_seconds gauge
+tiered_node_confirmed_timestamp_seconds{cache="users",node="n1"} 1.7000002005e+09
 # HELP tiered_node_info Always 1: the node's address (a Cluster's seed addresses, comma-separated) and the epoch of its last invalidation message.
 # TYPE tiered_node_info gauge
 tiered_node_info{addr="10.0.0.1:6379",cache="users",epoch="e1",node="n1"} 1
@@ -157,7 +161,7 @@ tiered_node_subscription_changed_timestamp_seconds{cache="users",node="n2"} 1.70
 tiered_node_up{cache="users",node="n1"} 0
 tiered_node_up{cache="users",node="n2"} 1
 `
-	names := []string{"tiered_node_breaker_state", "tiered_node_info", "tiered_node_last_sequence", "tiered_node_member",
+	names := []string{"tiered_node_breaker_state", "tiered_node_confirmed_timestamp_seconds", "tiered_node_info", "tiered_node_last_sequence", "tiered_node_member",
 		"tiered_node_missed_writes", "tiered_node_missed_writes_overflowed",
 		"tiered_node_subscription_changed_timestamp_seconds", "tiered_node_up"}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {

@@ -77,6 +77,7 @@
 //
 //	<ns>_node_up{node}                                      1 while the node's invalidation subscription is confirmed
 //	<ns>_node_subscription_changed_timestamp_seconds{node}  when node_up last changed
+//	<ns>_node_confirmed_timestamp_seconds{node}             when its invalidations were last confirmed (MaxStaleness)
 //	<ns>_node_breaker_state{node,state}                     1 for the breaker's current state, 0 for the others
 //	<ns>_node_missed_writes{node}                           keys of missed writes not yet replayed
 //	<ns>_node_missed_writes_overflowed{node}                1 if they exceeded MissedDeletes
@@ -92,4 +93,7 @@
 //	histogram_quantile(0.99, sum by (cache, le) (rate(tiered_get_duration_seconds_bucket{tier="shared"}[5m])))
 //	# nodes whose keys bypass the near-cache
 //	tiered_node_up == 0
+//	# seconds since each node was confirmed: past Options.MaxStaleness (1 s by
+//	# default) its keys are read from Redis, not the near-cache (a slow or silent link)
+//	time() - tiered_node_confirmed_timestamp_seconds
 package tieredprom

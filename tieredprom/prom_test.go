@@ -198,7 +198,7 @@ func TestTwoReplicas(t *testing.T) {
 			}
 			for _, f := range []string{"tiered_node_up", "tiered_node_breaker_state", "tiered_node_member",
 				"tiered_node_missed_writes", "tiered_node_missed_writes_overflowed", "tiered_node_last_sequence",
-				"tiered_node_subscription_changed_timestamp_seconds", "tiered_node_info"} {
+				"tiered_node_subscription_changed_timestamp_seconds", "tiered_node_confirmed_timestamp_seconds", "tiered_node_info"} {
 				fams.checkType(t, f, gauge)
 			}
 			fams.checkCacheLabel(t, "users")
@@ -220,6 +220,10 @@ func TestTwoReplicas(t *testing.T) {
 				since := fams.value(t, "tiered_node_subscription_changed_timestamp_seconds", "node", node)
 				if lo, hi := float64(start.Unix()), float64(time.Now().Unix()+1); since < lo || since > hi {
 					t.Errorf("%s subscription changed at %v, not between the test's start %v and now", name, since, lo)
+				}
+				confirmed := fams.value(t, "tiered_node_confirmed_timestamp_seconds", "node", node)
+				if lo, hi := float64(start.Unix()), float64(time.Now().Unix()+1); confirmed < lo || confirmed > hi {
+					t.Errorf("%s node confirmed at %v, not between the test's start %v and now", name, confirmed, lo)
 				}
 			}
 		}

@@ -254,6 +254,16 @@ func (c *Cache[V]) Confirm(node int, at time.Time) {
 	}
 }
 
+// Confirmed returns when node was last confirmed (the at of the latest Confirm, on
+// the coarse clock), or the zero time if it never was or no bound is set.
+func (c *Cache[V]) Confirmed(node int) time.Time {
+	f := c.node(node).fresh.Load()
+	if c.maxStale == 0 || f == 0 || f == math.MaxInt64 {
+		return time.Time{}
+	}
+	return c.start.Add(time.Duration(f - c.maxStale))
+}
+
 // Fresh reports whether node's entries may be served now (see Confirm).
 func (c *Cache[V]) Fresh(node int) bool { return c.now.Load() <= c.node(node).fresh.Load() }
 
