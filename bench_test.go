@@ -329,6 +329,46 @@ func BenchmarkRedisGetParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkSetParallel: 64 goroutines Set distinct keys: each Set writes Redis and
+// publishes its invalidation, atomically (a script); Sets that queue behind a busy
+// node share one script call and one message.
+func BenchmarkSetParallel(b *testing.B) {
+	_, _, c, keys := parallelFixture(b)
+	ctx := context.Background()
+	val := []byte(benchValue)
+	runParallelKeys(b, keys, func(k string) error { return c.Set(ctx, k, val) })
+}
+
+// BenchmarkRedisSetParallel is BenchmarkSetParallel's baseline: raw go-redis SETs of
+// the same keys from 64 goroutines, on go-redis's default pool, publishing nothing.
+func BenchmarkRedisSetParallel(b *testing.B) {
+	_, cl, _, keys := parallelFixture(b)
+	ctx := context.Background()
+	val := []byte(benchValue)
+	runParallelKeys(b, keys, func(k string) error {
+		return cl.Set(ctx, "bench:{"+k+"}", val, time.Hour).Err()
+	})
+}
+
+// BenchmarkDeleteParallel: 64 goroutines Delete distinct keys: each Delete removes
+// the key and its lease and publishes its invalidation (a script); Deletes and Sets
+// that queue behind a busy node share one script call and one message.
+func BenchmarkDeleteParallel(b *testing.B) {
+	_, _, c, keys := parallelFixture(b)
+	ctx := context.Background()
+	runParallelKeys(b, keys, func(k string) error { return c.Delete(ctx, k) })
+}
+
+// BenchmarkRedisDelParallel is BenchmarkDeleteParallel's baseline: raw go-redis DELs
+// of the same keys and their lease keys from 64 goroutines, publishing nothing.
+func BenchmarkRedisDelParallel(b *testing.B) {
+	_, cl, _, keys := parallelFixture(b)
+	ctx := context.Background()
+	runParallelKeys(b, keys, func(k string) error {
+		return cl.Del(ctx, "bench:{"+k+"}", "bench:{"+k+"}:lease").Err()
+	})
+}
+
 // runParallelKeys runs op from parallelGoroutines goroutines, each starting at its own
 // offset in keys, so that they read distinct keys.
 func runParallelKeys(b *testing.B, keys []string, op func(key string) error) {

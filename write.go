@@ -57,7 +57,8 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) error {
 }
 
 // Delete removes keys from the shared tier (one script per owner node, the nodes in
-// parallel) and from this process's near-cache, and publishes their invalidation to
+// parallel; joined with other writes queued behind a busy node, as Sets are) and from
+// this process's near-cache, and publishes their invalidation to
 // every other process. All keys are checked before anything is
 // deleted. It returns an error naming the nodes where the delete could not be
 // confirmed; the near-cache is cleared of every key either way.

@@ -64,12 +64,13 @@ type pipeliner struct {
 
 type queued struct {
 	cmd  redis.Cmder   // a command, or
-	w    *write        // a write, sent with the batch's other writes as one script call
+	ws   []*write      // writes, sent with the batch's other writes as one script call
 	at   time.Time     // when it was queued
-	done chan struct{} // closed when cmd or w has its result
+	done chan struct{} // closed when cmd or ws have their result
 }
 
-// A write is a Set on its way to the node. A lone one is sent at once, as one script
+// A write is a Set, or the delete of one key of a Delete, on its way to the node. A
+// lone one (or a Delete's keys on the node) is sent at once, as one script
 // call; writes that queue behind a busy node go out together, as one call of the same
 // script over all their keys, with one sequence number and one invalidation message
 // for all of them (Redis.setCmd): under concurrent writes the node runs one script
@@ -77,10 +78,11 @@ type queued struct {
 // reads one message. A lone write is never held back to wait for company.
 type write struct {
 	key     string // the user's key
-	b       []byte // the framed value
-	ms      int64  // its TTL, in milliseconds
+	b       []byte // the framed value (nil for a delete)
+	ms      int64  // its TTL, in milliseconds, or deleteTTL: delete the key
 	payload func(keys []string) []byte
-	err     error // set when it has its result
+	err     error     // set when it has its result
+	one     [1]*write // this write, as a batch of one (set), without an allocation
 }
 
 func newPipeliner(c redis.UniversalClient, timeout time.Duration, sets func(context.Context, []*write) *redis.Cmd) *pipeliner {
@@ -121,20 +123,28 @@ func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
 // set applies w on the node, alone at once if the node is idle, or queued and then
 // together with the other writes of its batch; the error is as do's.
 func (p *pipeliner) set(ctx context.Context, w *write) error {
+	w.one[0] = w
+	return p.apply(ctx, w.one[:])
+}
+
+// apply applies ws (writes to the node: sets, deletes) as set applies one: all in
+// the same script call, with the other writes of their batch if they queue. Each
+// write's err is set, the same for all; apply returns it, or do's abandoned error.
+func (p *pipeliner) apply(ctx context.Context, ws []*write) error {
 	p.mu.Lock()
 	if p.inflight < p.limit {
 		p.inflight++
 		p.mu.Unlock()
-		p.sendSets(ctx, []*write{w}, nil)
+		p.sendSets(ctx, ws, nil)
 		p.next()
-		return w.err
+		return ws[0].err
 	}
-	q := &queued{w: w, at: time.Now(), done: make(chan struct{})}
+	q := &queued{ws: ws, at: time.Now(), done: make(chan struct{})}
 	p.queue = append(p.queue, q)
 	p.mu.Unlock()
 	select {
 	case <-q.done:
-		return w.err
+		return ws[0].err
 	case <-ctx.Done():
 		return abandoned{ctx.Err()}
 	}
@@ -232,13 +242,15 @@ func (p *pipeliner) run(batch []*queued) {
 	for _, q := range batch {
 		switch {
 		case time.Since(q.at) > p.timeout:
-			if q.w != nil {
-				q.w.err = errQueuedTooLong
+			if q.ws != nil {
+				for _, w := range q.ws {
+					w.err = errQueuedTooLong
+				}
 			} else {
 				q.cmd.SetErr(errQueuedTooLong)
 			}
-		case q.w != nil:
-			ws = append(ws, q.w)
+		case q.ws != nil:
+			ws = append(ws, q.ws...)
 		default:
 			send = append(send, q)
 		}

@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -124,6 +125,79 @@ func TestQueuedSetsShareOneMessage(t *testing.T) {
 	for _, k := range keys {
 		if got, err := r.Get(ctx, 0, k); err != nil || string(got) != "v"+k {
 			t.Errorf("Get %q = %q, %v; want %q", k, got, err, "v"+k)
+		}
+	}
+}
+
+// Deletes queue behind a busy node as Sets do, and share the batch's script call and
+// message with the Sets queued beside them: each key ends as its own write left it.
+func TestQueuedDeletesShareOneMessage(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { cl.Close() })
+	r, err := New(Config{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: 5 * time.Second, MissedDeletes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	join := func(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
+	for _, k := range []string{"a", "b", "c", "d"} {
+		if err := r.Set(ctx, 0, k, []byte("old"+k), time.Minute, join); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps := cl.Subscribe(ctx, r.Channel())
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	// A lone Delete goes out at once, as its own script call.
+	if err := r.Del(ctx, []Item{{Key: "d"}}, join); err != nil {
+		t.Fatal(err)
+	}
+	p := (*r.nodes.Load())[0].p
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = p.do(ctx, redis.NewStatusCmd(ctx, "ping")) }) // holds the one slot
+	waitInflight(t, p)
+	var errs [3]error
+	wg.Go(func() { errs[0] = r.Del(ctx, []Item{{Key: "a"}, {Key: "b"}}, join) })
+	waitQueued(t, p, 1)
+	wg.Go(func() { errs[1] = r.Set(ctx, 0, "b", []byte("newb"), time.Minute, join) }) // after b's delete
+	waitQueued(t, p, 2)
+	wg.Go(func() { errs[2] = r.Del(ctx, []Item{{Key: "c"}}, join) })
+	waitQueued(t, p, 3)
+	if err := srv.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	seq, err := cl.Get(ctx, r.seqKey).Int()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"d", "a,b,b,c"} {
+		m, err := ps.ReceiveMessage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, got, _ := strings.Cut(m.Payload, "|"); got != fmt.Sprintf("%d|%s", seq-1+i, want) {
+			t.Fatalf("message %d = %q, want <epoch>|%d|%s", i, m.Payload, seq-1+i, want)
+		}
+	}
+	for k, want := range map[string]string{"a": "", "b": "newb", "c": "", "d": ""} {
+		got, err := r.Get(ctx, 0, k)
+		switch {
+		case want == "" && !errors.Is(err, ErrMiss):
+			t.Errorf("Get %q = %q, %v; want a miss (deleted)", k, got, err)
+		case want != "" && (err != nil || string(got) != want):
+			t.Errorf("Get %q = %q, %v; want %q", k, got, err, want)
 		}
 	}
 }

@@ -426,7 +426,11 @@ func (r *Redis) setCmd(ctx context.Context, ws []*write) *redis.Cmd {
 	}
 	args = append(args, r.channel, newEpoch(), ws[0].payload(keys))
 	for _, w := range ws {
-		args = append(args, w.b, w.ms)
+		if w.ms == deleteTTL {
+			args = append(args, "", w.ms)
+		} else {
+			args = append(args, w.b, w.ms)
+		}
 	}
 	return redis.NewCmd(ctx, args...)
 }
@@ -662,13 +666,27 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 }
 
 // Del deletes keys and publishes their invalidation: one script per owning node (per
-// key on a Cluster), the nodes in parallel. payload builds the message for the keys
-// of one node. It returns an error naming every node where the delete could not be
-// confirmed, one per node rather than per key. The errors are collected per node,
+// key on a Cluster), the nodes in parallel. On a standalone node the script goes
+// through the node's pipeline, as Sets do: deletes and sets that queue behind a busy
+// node share one script call and one message. payload builds the message for the
+// keys of one node (with those of the writes it shares a call with). It returns an
+// error naming every node where the delete could not be confirmed, one per node
+// rather than per key. The errors are collected per node,
 // not deduplicated by comparing them: an error of an uncomparable type (a struct
 // holding a slice) would make == or a map key panic.
 func (r *Redis) Del(ctx context.Context, items []Item, payload func(keys []string) []byte) error {
 	errs := r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+		if !n.cluster {
+			// Through the node's pipeline: while other writes are in flight, these
+			// join theirs in one script call and one message.
+			ws := make([]write, len(batch))
+			wp := make([]*write, len(batch))
+			for i, it := range batch {
+				ws[i] = write{key: it.Key, ms: deleteTTL, payload: payload}
+				wp[i] = &ws[i]
+			}
+			return n.p.apply(ctx, wp)
+		}
 		keys := make([]string, len(batch))
 		for i, it := range batch {
 			keys[i] = it.Key

@@ -15,16 +15,23 @@ import "github.com/redis/go-redis/v9"
 //
 // Message: "<epoch>|<seq>|<payload>" (see package invalidation).
 
-// setScript writes one or more keys with one message: KEYS[3..] = each value key
-// followed by its lease key; ARGV = channel, epoch candidate, payload (every key's),
-// then each value followed by its TTL in ms. Key pair i (KEYS[i], KEYS[i+1]) has its
-// value and TTL at ARGV[i+1], ARGV[i+2].
+// setScript writes (sets or deletes) one or more keys with one message: KEYS[3..] =
+// each value key followed by its lease key; ARGV = channel, epoch candidate, payload
+// (every key's), then each value followed by its TTL in ms, or by -1 to delete the
+// key. Key pair i (KEYS[i], KEYS[i+1]) has its value and TTL at ARGV[i+1], ARGV[i+2].
 var setScript = redis.NewScript(epochLua + `
 for i = 3, #KEYS, 2 do
-  redis.call('SET', KEYS[i], ARGV[i+1], 'PX', ARGV[i+2])
+  if ARGV[i+2] == '-1' then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], ARGV[i+1], 'PX', ARGV[i+2])
+  end
   redis.call('DEL', KEYS[i+1])
 end
 ` + publishLua)
+
+// deleteTTL marks a write that deletes its key (setScript).
+const deleteTTL = -1
 
 // epochLua reads the node's epoch, storing the candidate (ARGV[2]) if there is none.
 const epochLua = `
