@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -272,7 +273,9 @@ func TestClusterMasterHung(t *testing.T) {
 		}
 		return src.Load(ctx, key)
 	})
-	c := newCache(t, Options[string]{Client: cl, Namespace: "clhung", Loader: loader, Timeout: timeout, LocalTTL: 10 * time.Millisecond})
+	var logs syncBuffer
+	c := newCache(t, Options[string]{Client: cl, Namespace: "clhung", Loader: loader, Timeout: timeout, LocalTTL: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	ctx := context.Background()
 	hungAddr := cluster.Nodes[0].Addr()
 	var hung, healthy []string
@@ -384,4 +387,19 @@ func TestClusterMasterHung(t *testing.T) {
 		}
 		return c.Stats().RemoteHits > before+uint64(len(hung))
 	})
+	// The per-master confirmations failed every HealthCheck while the master hung:
+	// logged when they started failing (once per subscription session), and when
+	// they succeeded again.
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	waitFor(t, "the masters' confirmations logged as back", func() bool {
+		return strings.Contains(logs.String(), "every master confirms again")
+	})
+	failed := strings.Count(logs.String(), "a master's confirmation failed")
+	if lost := c.Stats().SubscriptionsLost; failed < 1 || uint64(failed) > 1+lost {
+		t.Errorf("%d log lines of failed confirmations, %d subscriptions lost: want one per session", failed, lost)
+	}
 }

@@ -168,6 +168,9 @@ type Subscriber struct {
 	// On a Redis Cluster (Config.Client a *redis.ClusterClient): the channel of this
 	// Subscriber's per-master confirmations (see masterConfirms), "" otherwise.
 	confirmCh string
+	// confirmFailing reports that the last round of confirmations failed (and was
+	// logged); owned by publishConfirms, which one session runs at a time.
+	confirmFailing bool
 }
 
 // Start starts a Subscriber's goroutine; Stop ends it.
@@ -583,8 +586,17 @@ func (s *Subscriber) publishConfirms(ctx context.Context, cc *redis.ClusterClien
 		if len(masters) > 0 {
 			mc.round(masters)
 		}
-		if err != nil {
-			s.logf("invalidation: a master's confirmation failed", err)
+		// Logged when the rounds start failing and when they succeed again, not
+		// every HealthCheck while a master is down.
+		switch {
+		case err != nil && !s.confirmFailing:
+			s.confirmFailing = true
+			s.logf("invalidation: a master's confirmation failed; the Cluster's keys bypass the near-cache once it is MaxStaleness old", err)
+		case err == nil && s.confirmFailing:
+			s.confirmFailing = false
+			if s.cfg.Logger != nil {
+				s.cfg.Logger.Info("invalidation: every master confirms again", "node", s.cfg.Name)
+			}
 		}
 		select {
 		case <-ctx.Done():
