@@ -388,18 +388,25 @@ func TestClusterMasterHung(t *testing.T) {
 		return c.Stats().RemoteHits > before+uint64(len(hung))
 	})
 	// The per-master confirmations failed every HealthCheck while the master hung:
-	// logged when they started failing (once per subscription session), and when
-	// they succeeded again.
+	// logged when they started failing, and when they succeeded again; not at all
+	// if the subscription itself was lost first (its node was the hung master, and
+	// the session's rounds ended with it).
 	defer func() {
 		if t.Failed() {
 			t.Log(logs.String())
 		}
 	}()
-	waitFor(t, "the masters' confirmations logged as back", func() bool {
-		return strings.Contains(logs.String(), "every master confirms again")
-	})
 	failed := strings.Count(logs.String(), "a master's confirmation failed")
-	if lost := c.Stats().SubscriptionsLost; failed < 1 || uint64(failed) > 1+lost {
-		t.Errorf("%d log lines of failed confirmations, %d subscriptions lost: want one per session", failed, lost)
+	if failed > 0 {
+		waitFor(t, "the masters' confirmations logged as back", func() bool {
+			return strings.Contains(logs.String(), "every master confirms again")
+		})
+	}
+	lost := c.Stats().SubscriptionsLost
+	if uint64(failed) > 1+lost {
+		t.Errorf("%d log lines of failed confirmations, %d subscriptions lost: want at most one per session", failed, lost)
+	}
+	if failed == 0 && lost == 0 {
+		t.Error("a master hung 1.5 s, and neither a confirmation failed nor the subscription was lost")
 	}
 }
