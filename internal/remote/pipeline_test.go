@@ -74,19 +74,9 @@ func waitInflight(t *testing.T, p *pipeliner) {
 // stored, and one message with one sequence number carries all their keys. A lone
 // Set goes out at once, with its own message.
 func TestQueuedSetsShareOneMessage(t *testing.T) {
-	srv := redistest.Start(t, 1)[0]
-	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	t.Cleanup(func() { cl.Close() })
-	r, err := New(Config{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: 5 * time.Second, MissedDeletes: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cl, r := oneNode(t)
 	ctx := context.Background()
-	ps := cl.Subscribe(ctx, r.Channel())
-	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
-		t.Fatal(err)
-	}
+	ps := subscribed(t, cl, r)
 	join := func(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
 	if err := r.Set(ctx, 0, "lone", []byte("0"), time.Minute, join); err != nil {
 		t.Fatal(err)
@@ -132,13 +122,7 @@ func TestQueuedSetsShareOneMessage(t *testing.T) {
 // Deletes queue behind a busy node as Sets do, and share the batch's script call and
 // message with the Sets queued beside them: each key ends as its own write left it.
 func TestQueuedDeletesShareOneMessage(t *testing.T) {
-	srv := redistest.Start(t, 1)[0]
-	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	t.Cleanup(func() { cl.Close() })
-	r, err := New(Config{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: 5 * time.Second, MissedDeletes: 10})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cl, r := oneNode(t)
 	ctx := context.Background()
 	join := func(keys []string) []byte { return []byte(strings.Join(keys, ",")) }
 	for _, k := range []string{"a", "b", "c", "d"} {
@@ -146,11 +130,7 @@ func TestQueuedDeletesShareOneMessage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ps := cl.Subscribe(ctx, r.Channel())
-	defer ps.Close()
-	if _, err := ps.Receive(ctx); err != nil { // the subscription confirmation
-		t.Fatal(err)
-	}
+	ps := subscribed(t, cl, r)
 	// A lone Delete goes out at once, as its own script call.
 	if err := r.Del(ctx, []Item{{Key: "d"}}, join); err != nil {
 		t.Fatal(err)
@@ -200,6 +180,30 @@ func TestQueuedDeletesShareOneMessage(t *testing.T) {
 			t.Errorf("Get %q = %q, %v; want %q", k, got, err, want)
 		}
 	}
+}
+
+// oneNode is a shared tier of one node on a fresh server.
+func oneNode(t *testing.T) (*redistest.Server, *redis.Client, *Redis) {
+	t.Helper()
+	srv := redistest.Start(t, 1)[0]
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { cl.Close() })
+	r, err := New(Config{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "ns", Timeout: 5 * time.Second, MissedDeletes: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, cl, r
+}
+
+// subscribed returns a confirmed subscription to r's invalidation channel.
+func subscribed(t *testing.T, cl *redis.Client, r *Redis) *redis.PubSub {
+	t.Helper()
+	ps := cl.Subscribe(context.Background(), r.Channel())
+	t.Cleanup(func() { ps.Close() })
+	if _, err := ps.Receive(context.Background()); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	return ps
 }
 
 func waitQueued(t *testing.T, p *pipeliner, n int) {
