@@ -71,7 +71,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		if len(slab) == 0 {
 			slab = make([]flight[V], len(keys)-len(seen)+1)
 		}
-		fl, lead := c.begin(k, h, &slab[0])
+		fl, lead := c.begin(k, h, c.shared.Owner(k), &slab[0])
 		waits = append(waits, fl)
 		if lead {
 			led = append(led, fl)
@@ -86,13 +86,11 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	}
 	var errs []error
 	for _, fl := range waits {
-		o, err := c.wait(ctx, fl)
-		if err != nil {
-			if c.recording {
-				c.rec.RecordGet(TierNone, time.Since(start), err)
-			}
+		if err := c.wait(ctx, fl); err != nil {
+			c.record(start, TierNone, err)
 			return out, err
 		}
+		o := fl.out
 		if o.err == errRetry {
 			v, err := c.get(ctx, c.local.Hash(fl.id.key), fl.id.key, perCall[V]{}) // recorded there
 			o = outcome[V]{v: v, err: err}

@@ -108,11 +108,10 @@ type flights[V any] struct {
 	}
 }
 
-// begin returns key's flight for its current fence, starting one if there is none
+// begin returns key's flight for its current fence on node (its owner), starting one if there is none
 // (in spare, if not nil: GetMany allocates its flights together); lead reports that
 // the caller started it and must lead it to finish.
-func (c *Cache[V]) begin(key string, h uint64, spare *flight[V]) (fl *flight[V], lead bool) {
-	node := c.shared.Owner(key)
+func (c *Cache[V]) begin(key string, h uint64, node int, spare *flight[V]) (fl *flight[V], lead bool) {
 	f := c.local.Fence(h, node)
 	id := flightID{key: key, gen: f.Generation()}
 	sh := &c.flights.shards[h%flightShards]
@@ -153,26 +152,40 @@ func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
 	}
 }
 
-// wait returns fl's outcome, or ctx's error, or ErrClosed, whichever comes first.
-func (c *Cache[V]) wait(ctx context.Context, fl *flight[V]) (outcome[V], error) {
+// wait returns when fl has ended (nil: its outcome is fl.out), or ctx's error, or
+// ErrClosed, whichever comes first.
+func (c *Cache[V]) wait(ctx context.Context, fl *flight[V]) error {
+	if done := c.doneOf(fl); done != nil {
+		return park(ctx, done, c.closing.Done())
+	}
+	return nil
+}
+
+// doneOf returns the channel that fl's end closes, or nil if fl has ended.
+func (c *Cache[V]) doneOf(fl *flight[V]) chan struct{} {
 	sh := &c.flights.shards[fl.h%flightShards]
 	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	if fl.ended {
-		sh.mu.Unlock()
-		return fl.out, nil
+		return nil
 	}
 	if fl.done == nil {
 		fl.done = make(chan struct{})
 	}
-	done := fl.done
-	sh.mu.Unlock()
+	return fl.done
+}
+
+// park waits until done is closed (nil), ctx ends (its error) or the Cache closes
+// (ErrClosed). It is apart from wait, and not generic, to keep the frames of a
+// waiting caller small (see getMissed).
+func park(ctx context.Context, done chan struct{}, closing <-chan struct{}) error {
 	select {
 	case <-done:
-		return fl.out, nil
+		return nil
 	case <-ctx.Done():
-		return outcome[V]{}, ctx.Err()
-	case <-c.closing.Done():
-		return outcome[V]{}, ErrClosed
+		return ctx.Err()
+	case <-closing:
+		return ErrClosed
 	}
 }
 

@@ -132,6 +132,12 @@ type shared[V any] struct {
 
 // get is Get after a near-cache miss: it joins key's flight, or starts and leads it
 // (flight.go).
+//
+// Its frame is kept small, and the leader's work is in lead: most callers of a
+// missed key are its flight's waiters, often in goroutines just started (a request's
+// fan-out, a stampede), whose 2 KB stack a deeper path would make the runtime grow
+// (copy) on the way in. For the same reason the owner is looked up here rather than
+// in begin: the ring's lookup and the flight's wait are never on the stack together.
 func (c *Cache[V]) get(ctx context.Context, h uint64, key string, pc perCall[V]) (V, error) {
 	var zero V
 	if err := c.checkKey(key); err != nil {
@@ -145,45 +151,51 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string, pc perCall[V])
 	}
 	defer c.wg.Done()
 	c.stats.localMisses.Add(1)
+	var start time.Time
 	if c.recording {
-		start := time.Now()
-		v, o, err := c.getMissed(ctx, h, key, pc)
-		c.rec.RecordGet(o.tier, time.Since(start), err)
+		start = time.Now()
+	}
+	node := c.shared.Owner(key)
+	for {
+		fl, lead := c.begin(key, h, node, nil)
+		if !lead || !c.lead(ctx, fl, pc) {
+			if err := c.wait(ctx, fl); err != nil {
+				c.record(start, TierNone, err)
+				return zero, err
+			}
+			if fl.out.err == errRetry {
+				node = c.shared.Owner(key) // the membership may have changed meanwhile
+				continue
+			}
+		}
+		v, err := result(fl.out)
+		c.record(start, fl.out.tier, err)
 		return v, err
 	}
-	v, _, err := c.getMissed(ctx, h, key, pc)
-	return v, err
 }
 
-// getMissed is get once the call is counted: it returns the flight's outcome too.
-func (c *Cache[V]) getMissed(ctx context.Context, h uint64, key string, pc perCall[V]) (V, outcome[V], error) {
-	var zero V
-	for {
-		fl, lead := c.begin(key, h, nil)
-		if lead {
-			fl.load, fl.ttl = pc.load, pc.ttl
-			// Phase read runs inline in the leader, bounded by Options.Timeout
-			// (which also bounds how long a leader whose ctx ends stays in it);
-			// callers arriving meanwhile join the flight and wait for it.
-			sr := c.readShared(detached(ctx), fl)
-			if sr.hit {
-				c.finish(fl, sr.outcome)
-				v, err := result(fl.out)
-				return v, fl.out, err
-			}
-			c.wg.Add(1) // for load; this call's own count keeps Close waiting
-			go c.load(ctx, fl, sr)
-		}
-		o, err := c.wait(ctx, fl)
-		if err != nil {
-			return zero, o, err
-		}
-		if o.err == errRetry {
-			continue
-		}
-		v, err := result(o)
-		return v, o, err
+// record records a Get that began at start and was answered by tier (Options.Recorder).
+func (c *Cache[V]) record(start time.Time, tier Tier, err error) {
+	if c.recording {
+		c.rec.RecordGet(tier, time.Since(start), err)
 	}
+}
+
+// lead runs fl's phase read inline in the caller, its leader, bounded by
+// Options.Timeout (which also bounds how long a leader whose ctx ends stays in it);
+// callers arriving meanwhile join the flight and wait for it. It reports that fl
+// ended with the read (a hit); otherwise the load goes on in a goroutine of its own,
+// which the leader waits for as the others do.
+func (c *Cache[V]) lead(ctx context.Context, fl *flight[V], pc perCall[V]) bool {
+	fl.load, fl.ttl = pc.load, pc.ttl
+	sr := c.readShared(detached(ctx), fl)
+	if sr.hit {
+		c.finish(fl, sr.outcome)
+		return true
+	}
+	c.wg.Add(1) // for load; this call's own count keeps Close waiting
+	go c.load(ctx, fl, sr)
+	return false
 }
 
 // readShared reads fl's key from the shared tier and, on a hit, fills the near-cache.
