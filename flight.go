@@ -86,10 +86,12 @@ type flight[V any] struct {
 	load  Loader[V]
 	ttl   time.Duration
 	phase atomic.Int32
-	out   outcome[V] // set before ended
-	// Under the shard's mu: ended is set when out is; done is made by the first
-	// caller that waits before then (most flights end with nobody waiting: a shared
-	// hit, or a GetMany key nobody else asked for) and closed when the flight ends.
+	// Under the shard's mu: out and ended are set together, by finish or by Close's
+	// abortFlights (out is read once ended is seen, or done closed); done is made by
+	// the first caller that waits before then (most flights end with nobody waiting:
+	// a shared hit, or a GetMany key nobody else asked for) and closed when the
+	// flight ends.
+	out   outcome[V]
 	ended bool
 	done  chan struct{}
 }
@@ -120,6 +122,13 @@ func (c *Cache[V]) begin(key string, h uint64, node int, spare *flight[V]) (fl *
 	if fl, ok := sh.m[id]; ok {
 		return fl, false
 	}
+	if c.closed.Load() {
+		// A call that entered before Close began, beginning its flight after
+		// abortFlights passed this shard (or while it runs): the flight is born
+		// ended, and its caller waits for nothing.
+		fl = &flight[V]{id: id, h: h, node: node, fence: f, ended: true, out: outcome[V]{err: ErrClosed}}
+		return fl, false
+	}
 	if sh.m == nil {
 		sh.m = make(map[flightID]*flight[V])
 	}
@@ -139,10 +148,14 @@ func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
 	case !c.localOnly:
 		o.tier = TierShared // read, or filled by another process during phaseLease
 	}
-	fl.out = o
 	fl.setPhase(phaseDone)
 	sh := &c.flights.shards[fl.h%flightShards]
 	sh.mu.Lock()
+	if fl.ended { // by Close (abortFlights): its waiters have had ErrClosed
+		sh.mu.Unlock()
+		return
+	}
+	fl.out = o
 	delete(sh.m, fl.id)
 	fl.ended = true
 	done := fl.done
@@ -152,11 +165,34 @@ func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
 	}
 }
 
-// wait returns when fl has ended (nil: its outcome is fl.out), or ctx's error, or
-// ErrClosed, whichever comes first.
+// abortFlights ends every flight in the table with ErrClosed (Close, once no call
+// can begin another: see begin): their waiters return at once, while their leaders
+// and loads run on to their end, which Close waits for, and find them ended.
+//
+// So a waiter waits on its flight and its own ctx only: a select on the Cache's
+// closing channel too would make every waiting call of the Cache lock that one
+// channel, twice.
+func (c *Cache[V]) abortFlights() {
+	for i := range c.flights.shards {
+		sh := &c.flights.shards[i]
+		sh.mu.Lock()
+		for id, fl := range sh.m {
+			delete(sh.m, id)
+			fl.out = outcome[V]{err: ErrClosed}
+			fl.ended = true
+			if fl.done != nil {
+				close(fl.done)
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// wait returns when fl has ended (nil: its outcome is fl.out, ErrClosed if Close
+// ended it), or ctx's error, whichever comes first.
 func (c *Cache[V]) wait(ctx context.Context, fl *flight[V]) error {
 	if done := c.doneOf(fl); done != nil {
-		return park(ctx, done, c.closing.Done())
+		return park(ctx, done)
 	}
 	return nil
 }
@@ -175,17 +211,19 @@ func (c *Cache[V]) doneOf(fl *flight[V]) chan struct{} {
 	return fl.done
 }
 
-// park waits until done is closed (nil), ctx ends (its error) or the Cache closes
-// (ErrClosed). It is apart from wait, and not generic, to keep the frames of a
-// waiting caller small (see getMissed).
-func park(ctx context.Context, done chan struct{}, closing <-chan struct{}) error {
+// park waits until done is closed (nil) or ctx ends (its error). It is apart from
+// wait, and not generic, to keep the frames of a waiting caller small (see get).
+func park(ctx context.Context, done chan struct{}) error {
+	cancel := ctx.Done()
+	if cancel == nil {
+		<-done
+		return nil
+	}
 	select {
 	case <-done:
 		return nil
-	case <-ctx.Done():
+	case <-cancel:
 		return ctx.Err()
-	case <-closing:
-		return ErrClosed
 	}
 }
 

@@ -8,6 +8,7 @@ package tiered
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -430,4 +431,73 @@ func getManyChild() error {
 		}
 	}
 	return nil
+}
+
+// Close ends the flights in progress: the callers waiting on them return ErrClosed at
+// once, while their load is still running (Close waits for the load, not they), and a
+// load that ends after Close leaves their outcome alone.
+func TestCloseEndsWaitingCalls(t *testing.T) {
+	for _, mode := range []string{"ring", "local-only"} {
+		t.Run(mode, func(t *testing.T) {
+			var o Options[string]
+			if mode == "ring" {
+				o = ringOpts[string](t, redistest.Start(t, 1))
+			}
+			started, release := make(chan struct{}), make(chan struct{})
+			var loads atomic.Int32
+			o.Loader = LoaderFunc[string](func(context.Context, string) (string, error) {
+				if loads.Add(1) == 1 {
+					close(started)
+				}
+				<-release // deaf to its ctx: it ends when the test says so
+				return "v", nil
+			})
+			c, err := New(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const callers = 20
+			errs := make(chan error, callers+1)
+			var wg sync.WaitGroup
+			for range callers {
+				wg.Go(func() {
+					_, err := c.Get(context.Background(), "k")
+					errs <- err
+				})
+			}
+			wg.Go(func() {
+				_, err := c.GetMany(context.Background(), []string{"k"})
+				errs <- err
+			})
+			<-started
+			closed := make(chan error, 1)
+			go func() { closed <- c.Close() }()
+			for range callers + 1 {
+				select {
+				case err := <-errs:
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("a call waiting on the load when Close began = %v, want ErrClosed", err)
+					}
+				case <-time.After(waitForWithin):
+					t.Fatal("calls waiting on a running load did not return at Close")
+				}
+			}
+			select {
+			case err := <-closed:
+				t.Fatalf("Close returned (%v) before the load ended", err)
+			default:
+			}
+			close(release)
+			if err := <-closed; err != nil {
+				t.Fatal(err)
+			}
+			wg.Wait()
+			if n := loads.Load(); n != 1 {
+				t.Errorf("%d loads, want 1", n)
+			}
+			if _, err := c.Get(context.Background(), "k"); !errors.Is(err, ErrClosed) {
+				t.Errorf("Get after Close = %v, want ErrClosed", err)
+			}
+		})
+	}
 }

@@ -214,6 +214,7 @@ func (c *Cache[V]) Close() error {
 	c.closed.Store(true)
 	c.mu.Unlock()
 	c.cancel()
+	c.abortFlights()
 	c.wg.Wait()
 	var err error
 	if r, ok := c.shared.(*remote.Redis); ok {

@@ -2,6 +2,7 @@ package tiered
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/tieredcache/tiered/internal/local"
@@ -100,7 +101,7 @@ func (c *Cache[V]) refresh(key string) {
 	fl.setPhase(phaseLoad)
 	v, err := c.loadKey(ctx, key)
 	c.fillOne(ctx, fl, plan{token: token, refresh: true, write: !c.localOnly}, v, err)
-	if fl.out.err != nil {
+	if fl.out.err != nil && !errors.Is(fl.out.err, ErrClosed) {
 		c.opts.Logger.Warn("tiered: refresh failed; the old value stays until its TTL", "key", key, "err", fl.out.err)
 	}
 }
