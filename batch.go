@@ -119,10 +119,12 @@ type pending[V any] struct {
 }
 
 // readMany is phase read for many flights: it ends those found in the shared tier and
-// returns the others.
+// returns the others. Each node's values are decoded, stored and handed to their
+// waiters in the goroutine that read them, as soon as they arrive, while the other
+// nodes' replies are still on their way.
 func (c *Cache[V]) readMany(ctx context.Context, fls []*flight[V]) []pending[V] {
-	rest := make([]pending[V], 0, len(fls))
 	if c.localOnly {
+		rest := make([]pending[V], 0, len(fls))
 		for _, fl := range fls {
 			rest = append(rest, pending[V]{fl: fl})
 		}
@@ -130,21 +132,29 @@ func (c *Cache[V]) readMany(ctx context.Context, fls []*flight[V]) []pending[V] 
 	}
 	items := make([]remote.Item, len(fls))
 	for i, fl := range fls {
-		items[i] = remote.Item{Key: fl.id.key, Node: fl.node}
+		items[i] = remote.Item{Key: fl.id.key, Node: fl.node, Ref: i}
 	}
-	c.shared.GetMany(ctx, items)
-	for i, fl := range fls {
-		sr, ttl := c.classify(fl.node, fl.id.key, items[i].Val, items[i].Err)
-		if !sr.hit {
-			rest = append(rest, pending[V]{fl: fl, sr: sr})
-			continue
+	var (
+		mu   sync.Mutex // protects rest
+		rest []pending[V]
+	)
+	c.shared.GetMany(ctx, items, func(its []*remote.Item) {
+		for _, it := range its {
+			fl := fls[it.Ref]
+			sr, ttl := c.classify(fl.node, fl.id.key, it.Val, it.Err)
+			if !sr.hit {
+				mu.Lock()
+				rest = append(rest, pending[V]{fl: fl, sr: sr})
+				mu.Unlock()
+				continue
+			}
+			if c.afterSharedRead != nil {
+				c.afterSharedRead(fl.id.key)
+			}
+			c.storeLocal(fl.fence, fl.id.key, sr.v, sr.absent, int64(len(it.Val)), ttl)
+			c.finish(fl, sr.outcome)
 		}
-		if c.afterSharedRead != nil {
-			c.afterSharedRead(fl.id.key)
-		}
-		c.storeLocal(fl.fence, fl.id.key, sr.v, sr.absent, int64(len(items[i].Val)), ttl)
-		c.finish(fl, sr.outcome)
-	}
+	})
 	return rest
 }
 

@@ -24,7 +24,7 @@ type sharedReader interface {
 	Owner(key string) int
 	Name(node int) string
 	Get(ctx context.Context, node int, key string) ([]byte, error)
-	GetMany(ctx context.Context, items []remote.Item)
+	GetMany(ctx context.Context, items []remote.Item, got func([]*remote.Item))
 }
 
 // sharedLeaser takes leases and fills with them (loader.go, batch.go, refresh.go).
@@ -60,9 +60,14 @@ func (noShared) Name(int) string  { return "" }
 func (noShared) Get(context.Context, int, string) ([]byte, error) {
 	return nil, remote.ErrMiss
 }
-func (noShared) GetMany(_ context.Context, items []remote.Item) {
+func (noShared) GetMany(_ context.Context, items []remote.Item, got func([]*remote.Item)) {
+	its := make([]*remote.Item, len(items))
 	for i := range items {
 		items[i].Err = remote.ErrMiss
+		its[i] = &items[i]
+	}
+	if got != nil {
+		got(its)
 	}
 }
 func (noShared) Lease(context.Context, int, string, string, time.Duration) ([]byte, remote.LeaseState, error) {

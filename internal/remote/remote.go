@@ -498,13 +498,19 @@ type Item struct {
 	// LeaseMany, FillLeasedMany: the lease token, and the outcome of LeaseMany.
 	Token string
 	State LeaseState
+	// Ref is the caller's own, untouched: which of its items this is.
+	Ref int
 }
 
 // GetMany looks up items on their nodes: one round trip per node (MGET on a
 // standalone node, a pipeline of GETs on a Cluster, which splits it by slot owner),
-// the nodes in parallel. Results are written into the items.
-func (r *Redis) GetMany(ctx context.Context, items []Item) {
-	r.perNode(ctx, items, func(ctx context.Context, n *node, batch []*Item) error {
+// the nodes in parallel. Results are written into the items; got, if not nil, is
+// called with each node's items as soon as they have their results, in the goroutine
+// that read them (concurrently for different nodes), so that the caller's work on
+// one node's values overlaps the round trips to the others. Every item is passed to
+// got exactly once before GetMany returns.
+func (r *Redis) GetMany(ctx context.Context, items []Item, got func([]*Item)) {
+	r.perNodeThen(ctx, items, got, func(ctx context.Context, n *node, batch []*Item) error {
 		if batch = r.unblocked(n, batch); len(batch) == 0 {
 			return nil
 		}
@@ -607,6 +613,13 @@ func (r *Redis) FillMany(ctx context.Context, items []Item, ttl func(i int) time
 // returned once per node (per master of a Cluster), with one error for all the
 // items whose node index names no node.
 func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Context, *node, []*Item) error) []error {
+	return r.perNodeThen(ctx, items, nil, fn)
+}
+
+// perNodeThen is perNode, calling then (if not nil) with each node's items once fn
+// has run for them (and their errors are set), in the goroutine that ran fn, and
+// with the items that name no node before it waits for the others.
+func (r *Redis) perNodeThen(ctx context.Context, items []Item, then func([]*Item), fn func(context.Context, *node, []*Item) error) []error {
 	nodes := *r.nodes.Load()
 	type group struct {
 		idx    int
@@ -614,12 +627,14 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 	}
 	groups := make(map[group][]*Item)
 	var noNode []int
+	var noNodeItems []*Item
 	for i := range items {
 		it := &items[i]
 		n, err := r.node(it.Node)
 		if err != nil {
 			it.Err = err
 			noNode = append(noNode, it.Node)
+			noNodeItems = append(noNodeItems, it)
 			continue
 		}
 		g := group{it.Node, r.master(ctx, n, it.Key)}
@@ -646,6 +661,9 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 			errs = append(errs, err)
 			mu.Unlock()
 		}
+		if then != nil {
+			then(batch)
+		}
 	}
 	// One group runs in this goroutine, the others each in its own: the caller's
 	// stack has already grown to what a call needs, a new goroutine's has not.
@@ -657,6 +675,9 @@ func (r *Redis) perNode(ctx context.Context, items []Item, fn func(context.Conte
 			continue
 		}
 		wg.Go(func() { run(g, batch) })
+	}
+	if then != nil && len(noNodeItems) > 0 {
+		then(noNodeItems)
 	}
 	if inline {
 		run(last, groups[last])

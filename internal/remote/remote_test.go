@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,7 +82,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("PTTL = %v, %v; want a TTL", ttl, err)
 	}
 	items := []remote.Item{{Key: "k"}, {Key: "absent"}}
-	r.GetMany(ctx, items)
+	r.GetMany(ctx, items, nil)
 	if string(items[0].Val) != "set" || items[0].Err != nil || !errors.Is(items[1].Err, remote.ErrMiss) {
 		t.Fatalf("GetMany = %+v", items)
 	}
@@ -90,6 +91,65 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) {
 		t.Fatalf("Get after Del = %v, want ErrMiss", err)
+	}
+}
+
+// GetMany hands each node's items to its callback once they have their results, and
+// every item exactly once, the items naming no node included.
+func TestGetManyHandsEachNodesItems(t *testing.T) {
+	srvs := redistest.Start(t, 3)
+	var nodes []remote.Node
+	for i, s := range srvs {
+		nodes = append(nodes, remote.Node{Name: fmt.Sprint("n", i), Client: client(t, s.Addr())})
+	}
+	r, err := remote.New(remote.Config{Nodes: nodes, Picker: fixedPicker{}, Namespace: "ns", Timeout: time.Second, MissedDeletes: missed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var items []remote.Item
+	for i := range 30 {
+		k := fmt.Sprint("k", i)
+		node := i % 3
+		if i%2 == 0 {
+			if err := r.Set(ctx, node, k, []byte(k), time.Minute, payload); err != nil {
+				t.Fatal(err)
+			}
+		}
+		items = append(items, remote.Item{Key: k, Node: node, Ref: len(items)})
+	}
+	items = append(items, remote.Item{Key: "nowhere", Node: 7, Ref: len(items)})
+
+	var mu sync.Mutex
+	seen := make([]int, len(items))
+	r.GetMany(ctx, items, func(its []*remote.Item) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, it := range its {
+			seen[it.Ref]++
+			if it.Node != its[0].Node {
+				t.Errorf("one call holds items of nodes %d and %d", its[0].Node, it.Node)
+			}
+			if it.Val == nil && it.Err == nil {
+				t.Errorf("item %q handed over without its result", it.Key)
+			}
+		}
+	})
+	for i, n := range seen {
+		if n != 1 {
+			t.Errorf("item %q handed over %d times, want 1", items[i].Key, n)
+		}
+	}
+	for i, it := range items[:30] {
+		switch {
+		case i%2 == 0 && (it.Err != nil || string(it.Val) != it.Key):
+			t.Errorf("item %q = %q, %v; want its value", it.Key, it.Val, it.Err)
+		case i%2 == 1 && !errors.Is(it.Err, remote.ErrMiss):
+			t.Errorf("item %q = %q, %v; want ErrMiss", it.Key, it.Val, it.Err)
+		}
+	}
+	if last := items[30]; last.Err == nil || errors.Is(last.Err, remote.ErrMiss) {
+		t.Errorf("item of no node: err = %v, want an error naming its node", last.Err)
 	}
 }
 
@@ -118,7 +178,7 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 		{"Set", func() error { return r.Set(ctx, 0, "k", []byte("v"), time.Minute, payload) }},
 		{"GetMany", func() error {
 			items := []remote.Item{{Key: "k"}}
-			r.GetMany(ctx, items)
+			r.GetMany(ctx, items, nil)
 			return items[0].Err
 		}},
 		{"Del", func() error { return r.Del(ctx, []remote.Item{{Key: "k"}}, payload) }},
