@@ -113,7 +113,7 @@ func NewShared(opts SharedOptions) (*Shared, error) {
 		}
 	}
 	if o.Client == nil {
-		if _, err := ring.New(s.names(), o.RingReplicas); err != nil { // duplicate or empty names
+		if err := ring.Check(s.names()); err != nil { // duplicate or empty names
 			s.closeNodes()
 			return nil, fmt.Errorf("tiered: %w", err)
 		}

@@ -153,6 +153,12 @@ func TestErrors(t *testing.T) {
 		if _, err := ring.New(nodes, 0); err == nil {
 			t.Errorf("New(%q) succeeded, want error", nodes)
 		}
+		if err := ring.Check(nodes); err == nil {
+			t.Errorf("Check(%q) = nil, want error", nodes)
+		}
+	}
+	if err := ring.Check([]string{"a", "b"}); err != nil {
+		t.Errorf("Check of valid names = %v", err)
 	}
 	r := mustNew(t, []string{"a", "b"}, 10)
 	for _, name := range []string{"a", ""} {
@@ -308,4 +314,38 @@ func ExampleRing() {
 	// Output:
 	// true
 	// 3
+}
+
+// Rings over the same nodes share one stathat ring, whatever the order of their
+// names (their indexes differ), and place every key on the same node.
+func TestSameMembershipSharesItsRing(t *testing.T) {
+	nodes := names("node-%d", 3)
+	a := mustNew(t, nodes, 0)
+	reversed := slices.Clone(nodes)
+	slices.Reverse(reversed)
+	b := mustNew(t, reversed, 0)
+	if !ring.SharesStathat(a, b) {
+		t.Error("two rings over the same nodes built their stathat rings twice")
+	}
+	for i := range 10000 {
+		k := strconv.Itoa(i)
+		ia, _ := a.Owner(k)
+		ib, _ := b.Owner(k)
+		if a.Name(ia) != b.Name(ib) {
+			t.Fatalf("key %q: node %q in one ring, %q in the other", k, a.Name(ia), b.Name(ib))
+		}
+	}
+	// A changed membership has a ring of its own; coming back, it shares again.
+	if err := b.Remove("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	if ring.SharesStathat(a, b) {
+		t.Error("rings over different nodes share a stathat ring")
+	}
+	if err := b.Add("node-1"); err != nil {
+		t.Fatal(err)
+	}
+	if !ring.SharesStathat(a, b) {
+		t.Error("a membership that came back built its stathat ring again")
+	}
 }
