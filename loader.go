@@ -368,7 +368,7 @@ func (c *Cache[V]) awaitLease(ctx context.Context, fl *flight[V], token string, 
 			}
 			done() // the lease is gone, or its end was noticed: read again
 		}
-		b, state, err := c.shared.Lease(ctx, fl.node, fl.id.key, token, c.opts.LeaseTTL)
+		b, state, _, err := c.shared.Lease(ctx, fl.node, fl.id.key, token, c.opts.LeaseTTL)
 		if err != nil {
 			c.stats.remoteErrors.Add(1)
 			c.warnNode(fl.node, "tiered: shared tier lease failed; loading from source", "key", fl.id.key, "err", err)

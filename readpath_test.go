@@ -150,7 +150,7 @@ func TestLeaseStateZeroIsUnknown(t *testing.T) {
 	if err := servers[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
-	_, state, err := c.shared.Lease(context.Background(), 0, "k", remote.NewToken(), time.Second)
+	_, state, _, err := c.shared.Lease(context.Background(), 0, "k", remote.NewToken(), time.Second)
 	if err == nil || state != remote.LeaseUnknown {
 		t.Errorf("Lease on a stopped node = %v, %v; want an error and LeaseUnknown", state, err)
 	}

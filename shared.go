@@ -29,7 +29,7 @@ type sharedReader interface {
 
 // sharedLeaser takes leases and fills with them (loader.go, batch.go, refresh.go).
 type sharedLeaser interface {
-	Lease(ctx context.Context, node int, key, token string, ttl time.Duration) ([]byte, remote.LeaseState, error)
+	Lease(ctx context.Context, node int, key, token string, ttl time.Duration) ([]byte, remote.LeaseState, string, error)
 	LeaseMany(ctx context.Context, items []remote.Item, ttl time.Duration)
 	FillLeased(ctx context.Context, node int, key, token string, b []byte, ttl time.Duration) error
 	FillLeasedMany(ctx context.Context, items []remote.Item, ttl func(i int) time.Duration)
@@ -70,8 +70,11 @@ func (noShared) GetMany(_ context.Context, items []remote.Item, got func([]*remo
 		got(its)
 	}
 }
-func (noShared) Lease(context.Context, int, string, string, time.Duration) ([]byte, remote.LeaseState, error) {
-	return nil, remote.LeaseWon, nil
+func (noShared) Lease(_ context.Context, _ int, _, token string, _ time.Duration) ([]byte, remote.LeaseState, string, error) {
+	if token == "" {
+		token = remote.NewToken()
+	}
+	return nil, remote.LeaseWon, token, nil
 }
 func (noShared) LeaseMany(_ context.Context, items []remote.Item, _ time.Duration) {
 	for i := range items {

@@ -211,9 +211,9 @@ func (c *Cache[V]) readShared(ctx context.Context, fl *flight[V]) shared[V] {
 	var sr shared[V]
 	var ttl time.Duration
 	if fl.load != nil || c.hasLoader() {
-		token := remote.NewToken()
 		var state remote.LeaseState
-		b, state, err = c.shared.Lease(ctx, fl.node, fl.id.key, token, c.opts.LeaseTTL)
+		var token string // a new one, made in the lease's command
+		b, state, token, err = c.shared.Lease(ctx, fl.node, fl.id.key, "", c.opts.LeaseTTL)
 		switch {
 		case err == nil && state == remote.LeaseWon:
 			c.stats.remoteMisses.Add(1)

@@ -177,7 +177,11 @@ var (
 // and across processes with overwhelming probability by its random prefix.
 func NewToken() string {
 	var buf [32]byte
-	return string(strconv.AppendUint(append(buf[:0], tokenPrefix...), tokenSeq.Add(1), 36))
+	return string(appendToken(buf[:0]))
+}
+
+func appendToken(b []byte) []byte {
+	return strconv.AppendUint(append(b, tokenPrefix...), tokenSeq.Add(1), 36)
 }
 
 // leaseCmd holds the arguments of one SET <key> <placeholder> NX GET PX <ttl> and the
@@ -185,35 +189,55 @@ func NewToken() string {
 // *string and *int64 arguments as it writes string and int64 ones, and boxing a
 // pointer (or a constant) allocates nothing. Nothing writes to it once built.
 type leaseCmd struct {
+	cmd     redis.StatusCmd // the command itself, in the same allocation
 	args    [7]any
 	key, ph string // the Redis key and the placeholder
+	token   string // the token in ph
 	px      int64
-	buf     [64]byte // key and ph, when they fit
+	buf     [80]byte // key and ph, when they fit
 }
 
+// newLeaseCmd builds the lease command of key with token, or with a new token (in
+// the same allocation) if token is "".
 func (r *Redis) newLeaseCmd(key, token string, ttl time.Duration) *leaseCmd {
+	var tb [32]byte
+	tok := []byte(nil)
+	if token == "" {
+		tok = appendToken(tb[:0])
+	}
 	lc := &leaseCmd{px: max(ttl.Milliseconds(), 1)}
-	n := len(r.prefix) + len(key) + 1 + len(placeholderPrefix) + len(token)
+	n := len(r.prefix) + len(key) + 1 + len(placeholderPrefix) + len(token) + len(tok)
 	b := lc.buf[:0]
 	if n > len(lc.buf) {
 		b = make([]byte, 0, n)
 	}
 	b = append(append(append(b, r.prefix...), key...), '}')
 	k := len(b)
-	b = append(append(b, placeholderPrefix...), token...)
+	b = append(append(append(b, placeholderPrefix...), token...), tok...)
 	lc.key = unsafe.String(&b[0], k)
 	lc.ph = unsafe.String(&b[k], len(b)-k)
+	lc.token = lc.ph[len(placeholderPrefix):]
 	lc.args = [7]any{"set", &lc.key, &lc.ph, "nx", "get", "px", &lc.px}
 	return lc
 }
 
+// status returns lc as a command under ctx, built in lc itself.
+func (lc *leaseCmd) status(ctx context.Context) *redis.StatusCmd {
+	lc.cmd = *redis.NewStatusCmd(ctx, lc.args[:]...)
+	return &lc.cmd
+}
+
 // Lease reads key and, if it is missing, takes its lease with token for ttl, in one
 // command: LeaseFound with the value, LeaseWon, or LeaseHeld (another placeholder).
-func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.Duration) ([]byte, LeaseState, error) {
+// With token "" it makes a new token (as NewToken does, without allocating one of
+// its own); it returns the token it used.
+func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.Duration) ([]byte, LeaseState, string, error) {
 	var res string
 	var won bool // the reply was nil: the key was missing and now holds our placeholder
 	err := r.call(ctx, idx, key, "read", true, func(ctx context.Context, n *node) (err error) {
-		cmd := redis.NewStatusCmd(ctx, r.newLeaseCmd(key, token, ttl).args[:]...)
+		lc := r.newLeaseCmd(key, token, ttl)
+		token = lc.token
+		cmd := lc.status(ctx)
 		switch err = n.p.do(ctx, cmd); {
 		case err == nil:
 			res = cmd.Val()
@@ -223,10 +247,10 @@ func (r *Redis) Lease(ctx context.Context, idx int, key, token string, ttl time.
 		return err // after a ctx error cmd is not ours to read
 	})
 	if err != nil {
-		return nil, LeaseUnknown, err
+		return nil, LeaseUnknown, token, err
 	}
 	b, state := leaseOutcome(res, won)
-	return b, state, nil
+	return b, state, token, nil
 }
 
 // unsafeBytes returns the bytes of s without copying: for a string read from the

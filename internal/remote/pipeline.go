@@ -66,7 +66,32 @@ type queued struct {
 	cmd  redis.Cmder   // a command, or
 	ws   []*write      // writes, sent with the batch's other writes as one script call
 	at   time.Time     // when it was queued
-	done chan struct{} // closed when cmd or ws have their result
+	done chan struct{} // receives once when cmd or ws have their result (buffered: 1)
+}
+
+// queuedPool recycles the queue entries (with their channels) of the callers that
+// waited for their result: under load most calls queue, and an entry and its channel
+// are two allocations. An entry whose caller gave up waiting (its ctx ended) is left
+// to the garbage collector, since the pipeline will still signal it.
+var queuedPool = sync.Pool{New: func() any { return &queued{done: make(chan struct{}, 1)} }}
+
+func newQueued(cmd redis.Cmder, ws []*write) *queued {
+	q := queuedPool.Get().(*queued)
+	q.cmd, q.ws, q.at = cmd, ws, time.Now()
+	return q
+}
+
+// await waits for q's result or for ctx to end, and reports which; q is recycled in
+// the first case.
+func (q *queued) await(ctx context.Context) bool {
+	select {
+	case <-q.done:
+		q.cmd, q.ws = nil, nil
+		queuedPool.Put(q)
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // A write is a Set, or the delete of one key of a Delete, on its way to the node. A
@@ -109,15 +134,13 @@ func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
 		p.next()
 		return cmd.Err()
 	}
-	q := &queued{cmd: cmd, at: time.Now(), done: make(chan struct{})}
+	q := newQueued(cmd, nil)
 	p.queue = append(p.queue, q)
 	p.mu.Unlock()
-	select {
-	case <-q.done:
+	if q.await(ctx) {
 		return cmd.Err()
-	case <-ctx.Done():
-		return abandoned{ctx.Err()}
 	}
+	return abandoned{ctx.Err()}
 }
 
 // set applies w on the node, alone at once if the node is idle, or queued and then
@@ -139,15 +162,13 @@ func (p *pipeliner) apply(ctx context.Context, ws []*write) error {
 		p.next()
 		return ws[0].err
 	}
-	q := &queued{ws: ws, at: time.Now(), done: make(chan struct{})}
+	q := newQueued(nil, ws)
 	p.queue = append(p.queue, q)
 	p.mu.Unlock()
-	select {
-	case <-q.done:
+	if q.await(ctx) {
 		return ws[0].err
-	case <-ctx.Done():
-		return abandoned{ctx.Err()}
 	}
+	return abandoned{ctx.Err()}
 }
 
 // sendSets sends ws as one script call, alone, or in pipe (which the caller then
@@ -275,7 +296,7 @@ func (p *pipeliner) run(batch []*queued) {
 		}
 	}
 	for _, q := range batch {
-		close(q.done)
+		q.done <- struct{}{} // the last use of q here: its caller may recycle it at once
 	}
 }
 
