@@ -146,6 +146,10 @@ func TestEveryTierAnswersTheSameValue(t *testing.T) {
 			Extra: map[string]any{"count": 42}}),
 		fidRow("any holding a string", exact, fidLoose{ID: 12, Attrs: "plain"}),
 		fidRow("map[string]any document", lossy, map[string]any{"id": 13, "tags": []string{"a"}, "at": at(ny)}),
+		// The raw codec's values, which a shared-tier read decodes inline (rawValue).
+		fidRow("string", exact, "plain text, ünïcode, \x00 and all"),
+		fidRow("empty string", exact, ""),
+		fidRow("[]byte", exact, []byte{0, 1, 255, 'x'}),
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) { r.run(t, servers) })

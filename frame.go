@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/tieredcache/tiered/internal/envelope"
 	"github.com/tieredcache/tiered/internal/local"
@@ -117,10 +118,37 @@ func (c *Cache[V]) decode(b []byte) (v V, absent bool, ttl time.Duration, err er
 	if h.Kind == envelope.KindAbsent {
 		return v, true, ttl, nil
 	}
-	if err := c.opts.Codec.Unmarshal(payload, &v); err != nil {
+	if c.raw {
+		return rawValue[V](payload), false, ttl, nil
+	}
+	if v, err = c.unmarshal(payload); err != nil {
 		return v, false, 0, fmt.Errorf("tiered: decode with %s: %w", c.opts.Codec.Name(), err)
 	}
 	return v, false, ttl, nil
+}
+
+// unmarshal decodes b with the Cache's codec. Apart from decode, so that the value
+// the codec's interface call takes a pointer to (and so moves to the heap) is one
+// only the codec's path pays for (inlined, it would move decode's own).
+//
+//go:noinline
+func (c *Cache[V]) unmarshal(b []byte) (v V, err error) {
+	err = c.opts.Codec.Unmarshal(b, &v)
+	return v, err
+}
+
+// rawValue is the raw codec's Unmarshal of b, inline: b itself as a []byte, or the
+// string over b's bytes without a copy. decode's bytes are a reply from Redis or a
+// fill notice, which nothing writes to (see Codec: Unmarshal owns b), so the string
+// never changes under its reader.
+func rawValue[V any](b []byte) (v V) {
+	switch p := any(&v).(type) {
+	case *[]byte:
+		*p = b
+	case *string:
+		*p = unsafe.String(unsafe.SliceData(b), len(b))
+	}
+	return v
 }
 
 // storeLocal puts a filled value in the near-cache, for no longer than the local TTL

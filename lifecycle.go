@@ -34,7 +34,8 @@ func New[V any](opts Options[V]) (*Cache[V], error) {
 	if err := checkCodec(o.Codec); err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin, rec: o.Recorder}
+	_, raw := o.Codec.(rawCodec[V])
+	c := &Cache[V]{opts: o, tag: envelope.Tag(o.Codec.Name()), raw: raw, origin: strconv.FormatUint(rand.Uint64(), 36), leasePoll: leasePollMin, rec: o.Recorder}
 	_, nop := o.Recorder.(NopRecorder)
 	c.recording = !nop
 	lc := local.Config{MaxCost: o.LocalMaxCost}

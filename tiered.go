@@ -20,6 +20,7 @@ type Cache[V any] struct {
 	local     *local.Cache[V]
 	shared    sharedTier
 	tag       uint32     // envelope tag of opts.Codec
+	raw       bool       // opts.Codec is the raw codec, which decode applies inline
 	flights   flights[V] // keys being read or loaded (flight.go)
 	stats     counters
 	rec       Recorder // opts.Recorder
