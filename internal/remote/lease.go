@@ -164,7 +164,10 @@ func (r *Redis) ReleaseRefreshLease(ctx context.Context, idx int, key, token str
 }
 
 // LeaseKey returns the Redis key of key's lease.
-func (r *Redis) LeaseKey(key string) string { return r.Key(key) + ":lease" }
+func (r *Redis) LeaseKey(key string) string { return r.prefix + key + "}" + leaseSuffix }
+
+// leaseSuffix ends a lease key: LeaseKey(k) is Key(k) + leaseSuffix.
+const leaseSuffix = ":lease"
 
 // tokenPrefix makes this process's lease tokens unique across processes; tokenSeq,
 // within it.

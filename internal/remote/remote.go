@@ -415,24 +415,73 @@ func (r *Redis) Set(ctx context.Context, idx int, key string, b []byte, ttl time
 }
 
 // setCmd is the script call that applies ws (one or more writes to one node) and
-// publishes one message for all their keys, built by the first write's payload.
+// publishes one message for all their keys, built by the first write's payload. Its
+// arguments are pointers into a setCall (see there), so that a write's call is a few
+// allocations rather than one per argument.
 func (r *Redis) setCmd(ctx context.Context, ws []*write) *redis.Cmd {
-	args := make([]any, 0, 3+2+2*len(ws)+3+2*len(ws))
-	args = append(args, "evalsha", setScript.Hash(), 2+2*len(ws), r.seqKey, r.epochKey)
-	keys := make([]string, len(ws))
-	for i, w := range ws {
-		keys[i] = w.key
-		args = append(args, r.Key(w.key), r.LeaseKey(w.key))
+	sc := &setCall{}
+	sc.ws = sc.w1[:0]
+	if len(ws) > len(sc.w1) {
+		sc.ws = make([]setCallWrite, 0, len(ws))
 	}
-	args = append(args, r.channel, newEpoch(), ws[0].payload(keys))
+	args := sc.args[:0]
+	if n := 5 + 2*len(ws) + 3 + 2*len(ws); n > len(sc.args) {
+		args = make([]any, 0, n)
+	}
+	keys := sc.k1[:0]
+	if len(ws) > len(sc.k1) {
+		keys = make([]string, 0, len(ws))
+	}
 	for _, w := range ws {
-		if w.ms == deleteTTL {
-			args = append(args, "", w.ms)
-		} else {
-			args = append(args, w.b, w.ms)
-		}
+		keys = append(keys, w.key)
+		sc.ws = append(sc.ws, setCallWrite{ms: w.ms})
 	}
-	return redis.NewCmd(ctx, args...)
+	args = append(args, "evalsha", &setScriptHash, 2+2*len(ws), &r.seqKey, &r.epochKey)
+	for i, w := range ws {
+		cw := &sc.ws[i]
+		lease := r.LeaseKey(w.key) // one allocation for both keys: the value key is its prefix
+		cw.lease, cw.key = lease, lease[:len(lease)-len(leaseSuffix)]
+		if w.ms != deleteTTL {
+			cw.value = unsafe.String(unsafe.SliceData(w.b), len(w.b)) // the frame: nothing writes to it
+		}
+		args = append(args, &cw.key, &cw.lease)
+	}
+	epoch := strconv.AppendUint(sc.epochBuf[:0], rand.Uint64(), 36) // at most 13 bytes: in epochBuf
+	sc.epoch = unsafe.String(unsafe.SliceData(epoch), len(epoch))
+	payload := ws[0].payload(keys)
+	sc.payload = unsafe.String(unsafe.SliceData(payload), len(payload))
+	args = append(args, &r.channel, &sc.epoch, &sc.payload)
+	for i := range sc.ws {
+		args = append(args, &sc.ws[i].value, &sc.ws[i].ms)
+	}
+	sc.cmd = *redis.NewCmd(ctx, args...)
+	return &sc.cmd
+}
+
+// setScriptHash is setScript's SHA1, as an argument go-redis can take by pointer.
+var setScriptHash = setScript.Hash()
+
+// setCall is one call of the write script with the strings and numbers its arguments
+// point to, in one allocation for a lone write (most writes) besides its keys, epoch
+// candidate and message: go-redis writes *string and *int64 arguments as it writes
+// string and int64 ones, and boxing a pointer allocates nothing, where boxing a
+// string, a []byte or an int64 does. Nothing writes to it once built.
+type setCall struct {
+	cmd      redis.Cmd
+	args     [12]any // the arguments of a lone write
+	ws       []setCallWrite
+	w1       [1]setCallWrite
+	k1       [1]string
+	epoch    string // the epoch candidate (see scripts.go)
+	epochBuf [16]byte
+	payload  string // the message's payload
+}
+
+// setCallWrite is one write's part of a setCall.
+type setCallWrite struct {
+	key, lease string // the value key and its lease key
+	value      string // the framed value ("" for a delete)
+	ms         int64  // its TTL in milliseconds, or deleteTTL
 }
 
 // Channel returns the invalidation channel every node publishes on.
