@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unsafe"
 )
 
 // Message is one published invalidation.
@@ -75,36 +76,45 @@ var ErrMalformed = errors.New("invalidation: malformed message")
 // Parse decodes a message as published on a channel.
 func Parse(s string) (Message, error) {
 	var m Message
+	err := ParseInto(&m, s)
+	return m, err
+}
+
+// ParseInto is Parse into m, whose Keys' array it reuses. The strings of m are
+// substrings of s.
+func ParseInto(m *Message, s string) error {
+	*m = Message{Keys: m.Keys[:0]}
 	var field string
 	var ok bool
 	if m.Epoch, s, ok = strings.Cut(s, "|"); !ok || m.Epoch == "" {
-		return m, fmt.Errorf("%w: no epoch", ErrMalformed)
+		return fmt.Errorf("%w: no epoch", ErrMalformed)
 	}
 	if field, s, ok = strings.Cut(s, "|"); !ok {
-		return m, fmt.Errorf("%w: no sequence number", ErrMalformed)
+		return fmt.Errorf("%w: no sequence number", ErrMalformed)
 	}
 	seq, err := strconv.ParseUint(field, 10, 64)
 	if err != nil {
-		return m, fmt.Errorf("%w: sequence number %q", ErrMalformed, field)
+		return fmt.Errorf("%w: sequence number %q", ErrMalformed, field)
 	}
 	m.Seq = seq
 	if m.Origin, s, ok = strings.Cut(s, "|"); !ok {
-		return m, fmt.Errorf("%w: no origin", ErrMalformed)
+		return fmt.Errorf("%w: no origin", ErrMalformed)
 	}
 	if field, s, ok = strings.Cut(s, "|"); !ok {
-		return m, fmt.Errorf("%w: no timestamp", ErrMalformed)
+		return fmt.Errorf("%w: no timestamp", ErrMalformed)
 	}
 	if m.SentUs, err = strconv.ParseInt(field, 10, 64); err != nil {
-		return m, fmt.Errorf("%w: timestamp %q", ErrMalformed, field)
+		return fmt.Errorf("%w: timestamp %q", ErrMalformed, field)
 	}
-	b := []byte(s)
-	for len(b) > 0 {
-		n, w := binary.Uvarint(b)
-		if w <= 0 || n > uint64(len(b)-w) {
-			return m, fmt.Errorf("%w: truncated key", ErrMalformed)
+	// The keys are substrings of s, their lengths read through a view of its bytes:
+	// no copy of either.
+	for len(s) > 0 {
+		n, w := binary.Uvarint(unsafe.Slice(unsafe.StringData(s), min(len(s), binary.MaxVarintLen64)))
+		if w <= 0 || n > uint64(len(s)-w) {
+			return fmt.Errorf("%w: truncated key", ErrMalformed)
 		}
-		m.Keys = append(m.Keys, string(b[w:w+int(n)]))
-		b = b[w+int(n):]
+		m.Keys = append(m.Keys, s[w:w+int(n)])
+		s = s[w+int(n):]
 	}
-	return m, nil
+	return nil
 }

@@ -45,7 +45,8 @@ func (c Cause) String() string {
 // Handler receives what a Subscriber learns about its node. Its methods are called
 // from the Subscriber's goroutine, one at a time, and must not block.
 type Handler interface {
-	// Invalidate evicts keys written by another process.
+	// Invalidate evicts keys written by another process. m, and its Keys, are the
+	// Subscriber's own, reused for the next message: valid only during the call.
 	Invalidate(node int, m *Message)
 	// Down reports that the node's subscription is lost: its entries must stop
 	// being served and stored until Up.
@@ -101,6 +102,7 @@ type Sub struct {
 	// Owned by the Subscriber's goroutine.
 	epoch string
 	seq   uint64
+	msg   Message // the message being handled, parsed in place (its Keys reused)
 
 	// What Status reports, written by the Subscriber's goroutine.
 	up        atomic.Bool
@@ -622,8 +624,8 @@ func (s *Subscriber) confirm(at time.Time) {
 
 func (s *Subscriber) handle(b *Sub, payload string) {
 	h, node := b.t.Handler, b.t.Node
-	m, err := Parse(payload)
-	if err != nil {
+	m := &b.msg
+	if err := ParseInto(m, payload); err != nil {
 		// Not ours, or corrupt: the key is unknown, so the node's entries are.
 		s.logf("invalidation: malformed message; flushing the node", err)
 		h.Flush(node, CauseGap)
@@ -650,7 +652,7 @@ func (s *Subscriber) handle(b *Sub, payload string) {
 		return
 	}
 	if m.Origin != b.t.Origin {
-		h.Invalidate(node, &m)
+		h.Invalidate(node, m)
 	}
 }
 
