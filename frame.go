@@ -64,12 +64,12 @@ func (c *Cache[V]) warnNode(node int, msg string, args ...any) {
 // what every tier serves (see Codec): a loaded or Set value is never served in a form
 // another process could not decode from the shared tier.
 func (c *Cache[V]) encode(v V) ([]byte, V, error) {
+	if c.raw {
+		return rawBytes(v), v, nil // a string or []byte is its own encoding
+	}
 	payload, err := c.opts.Codec.Marshal(v)
 	if err != nil {
 		return nil, v, fmt.Errorf("encode with %s: %w", c.opts.Codec.Name(), err)
-	}
-	if _, raw := c.opts.Codec.(rawCodec[V]); raw {
-		return payload, v, nil // a string or []byte is its own encoding
 	}
 	var rt V
 	if err := c.opts.Codec.Unmarshal(bytes.Clone(payload), &rt); err != nil {
@@ -135,6 +135,19 @@ func (c *Cache[V]) decode(b []byte) (v V, absent bool, ttl time.Duration, err er
 func (c *Cache[V]) unmarshal(b []byte) (v V, err error) {
 	err = c.opts.Codec.Unmarshal(b, &v)
 	return v, err
+}
+
+// rawBytes is the raw codec's Marshal of v, inline: v itself as a []byte, or a view of
+// a string's bytes without a copy, which the caller only reads (it is copied into
+// the value's frame).
+func rawBytes[V any](v V) []byte {
+	switch x := any(v).(type) {
+	case []byte:
+		return x
+	case string:
+		return unsafe.Slice(unsafe.StringData(x), len(x))
+	}
+	return nil
 }
 
 // rawValue is the raw codec's Unmarshal of b, inline: b itself as a []byte, or the
