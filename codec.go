@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"unsafe"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -138,25 +139,47 @@ type rawCodec[V any] struct{}
 func (rawCodec[V]) Name() string { return "raw" }
 
 func (rawCodec[V]) Marshal(v V) ([]byte, error) {
-	switch x := any(v).(type) {
-	case []byte:
-		return x, nil
-	case string:
-		return []byte(x), nil
+	if b, ok := rawBytes(v); ok {
+		return b, nil
 	}
 	return nil, fmt.Errorf("tiered: raw codec cannot encode %T", v)
 }
 
 func (rawCodec[V]) Unmarshal(b []byte, v *V) error {
-	switch p := any(v).(type) {
-	case *[]byte:
-		*p = b // b is ours (see Codec): no copy
-	case *string:
-		*p = string(b)
-	default:
+	x, ok := rawValue[V](b)
+	if !ok {
 		return fmt.Errorf("tiered: raw codec cannot decode into %T", v)
 	}
+	*v = x
 	return nil
+}
+
+// rawBytes is the raw codec's encoding of v: v itself as a []byte, or a view of a
+// string's bytes without a copy, which its callers only read (the frame copies it).
+func rawBytes[V any](v V) ([]byte, bool) {
+	switch x := any(v).(type) {
+	case []byte:
+		return x, true
+	case string:
+		return unsafe.Slice(unsafe.StringData(x), len(x)), true
+	}
+	return nil, false
+}
+
+// rawValue is the raw codec's decoding of b: b itself as a []byte, or the string over
+// b's bytes without a copy. Unmarshal owns b (see Codec): the cache hands it a reply
+// from Redis or a fill notice, which nothing writes to, so the string never changes
+// under its reader.
+func rawValue[V any](b []byte) (v V, ok bool) {
+	switch p := any(&v).(type) {
+	case *[]byte:
+		*p = b
+	case *string:
+		*p = unsafe.String(unsafe.SliceData(b), len(b))
+	default:
+		return v, false
+	}
+	return v, true
 }
 
 // defaultCodec returns the raw codec for []byte and string, CBOR otherwise.

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/tieredcache/tiered/internal/envelope"
 	"github.com/tieredcache/tiered/internal/local"
@@ -65,7 +64,8 @@ func (c *Cache[V]) warnNode(node int, msg string, args ...any) {
 // another process could not decode from the shared tier.
 func (c *Cache[V]) encode(v V) ([]byte, V, error) {
 	if c.raw {
-		return rawBytes(v), v, nil // a string or []byte is its own encoding
+		b, _ := rawBytes(v) // a string or []byte is its own encoding
+		return b, v, nil
 	}
 	payload, err := c.opts.Codec.Marshal(v)
 	if err != nil {
@@ -119,7 +119,8 @@ func (c *Cache[V]) decode(b []byte) (v V, absent bool, ttl time.Duration, err er
 		return v, true, ttl, nil
 	}
 	if c.raw {
-		return rawValue[V](payload), false, ttl, nil
+		v, _ = rawValue[V](payload) // inline: no codec interface call, no copy
+		return v, false, ttl, nil
 	}
 	if v, err = c.unmarshal(payload); err != nil {
 		return v, false, 0, fmt.Errorf("tiered: decode with %s: %w", c.opts.Codec.Name(), err)
@@ -135,33 +136,6 @@ func (c *Cache[V]) decode(b []byte) (v V, absent bool, ttl time.Duration, err er
 func (c *Cache[V]) unmarshal(b []byte) (v V, err error) {
 	err = c.opts.Codec.Unmarshal(b, &v)
 	return v, err
-}
-
-// rawBytes is the raw codec's Marshal of v, inline: v itself as a []byte, or a view of
-// a string's bytes without a copy, which the caller only reads (it is copied into
-// the value's frame).
-func rawBytes[V any](v V) []byte {
-	switch x := any(v).(type) {
-	case []byte:
-		return x
-	case string:
-		return unsafe.Slice(unsafe.StringData(x), len(x))
-	}
-	return nil
-}
-
-// rawValue is the raw codec's Unmarshal of b, inline: b itself as a []byte, or the
-// string over b's bytes without a copy. decode's bytes are a reply from Redis or a
-// fill notice, which nothing writes to (see Codec: Unmarshal owns b), so the string
-// never changes under its reader.
-func rawValue[V any](b []byte) (v V) {
-	switch p := any(&v).(type) {
-	case *[]byte:
-		*p = b
-	case *string:
-		*p = unsafe.String(unsafe.SliceData(b), len(b))
-	}
-	return v
 }
 
 // storeLocal puts a filled value in the near-cache, for no longer than the local TTL
