@@ -20,7 +20,9 @@ package benchmarks
 //
 // Metrics beside ns/op, B/op and allocs/op: ops/s; p50-ns and p99-ns (per-operation
 // latency; see fastSampleEvery and timerCost); near-hit-% and shared-hit-% (share of
-// reads answered by each tier); loads/op (Loader calls per op); for Coherence,
+// reads answered by each tier); loads/op (Loader calls per op); cpu-ns/op and
+// redis-cpu-ns/op (CPU time per op of this process and of the Redis servers it
+// started, Linux only: cputime_test.go); for Coherence,
 // reads, stale-reads and stale-% (Δ = 100 ms), stale-reads-10ms, stale-reads-1ms and
 // max-stale-ms (the oldest superseded value any read returned, whatever Δ).
 
@@ -258,10 +260,12 @@ func benchStampede(b *testing.B, p Peer) {
 				lat[g] = time.Since(t)
 			})
 		}
+		mark := cpuNow()
 		b.StartTimer()
 		close(start)
 		wg.Wait()
 		b.StopTimer()
+		r.cpu.add(mark, cpuNow())
 		if err := errors.Join(errs...); err != nil {
 			b.Fatal(err)
 		}

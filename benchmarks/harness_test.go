@@ -46,6 +46,7 @@ type tally struct {
 	maxAge time.Duration                // the oldest superseded value a read returned
 	failed uint64                       // writes that returned an error (never acknowledged)
 	err    error                        // a read that failed: ends the benchmark
+	cpu    cpuSpent                     // the timed region's CPU time (the merged tally only)
 }
 
 func (t *tally) add(u *tally) {
@@ -96,6 +97,7 @@ func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.
 		b.SetParallelism(par)
 	}
 	b.ReportAllocs()
+	mark := cpuNow()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		w := &worker{id: int(ids.Add(1) - 1), every: every}
@@ -106,6 +108,7 @@ func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.
 		mu.Unlock()
 	})
 	b.StopTimer()
+	r.cpu.add(mark, cpuNow())
 	if r.err != nil {
 		b.Fatal(r.err)
 	}
@@ -132,6 +135,10 @@ func report(b *testing.B, p Peer, r *tally, tiers Tiers, loads uint64) {
 		b.ReportMetric(100*float64(tiers.SharedHits)/float64(r.reads), "shared-hit-%")
 	}
 	b.ReportMetric(float64(loads)/float64(b.N), "loads/op")
+	if r.cpu.ok {
+		b.ReportMetric(float64(r.cpu.self)/float64(b.N), "cpu-ns/op")
+		b.ReportMetric(float64(r.cpu.redis)/float64(b.N), "redis-cpu-ns/op")
+	}
 	// Failures are reported only when there are some, so that the usual table stays
 	// narrow: shared-tier failures a system hid from its caller (tiered falls back to
 	// the Loader), and writes that returned an error.

@@ -196,7 +196,12 @@ a near hit, and every sample has the median cost of an empty timed region subtra
 workloads time every operation); `near-hit-%` and `shared-hit-%`, the share of reads each tier
 answered (from each library's own counters where it has them: see the adapters for how a read
 that waited on another caller's load is counted); `loads/op`,
-Loader calls per operation (per stampede in Stampede).
+Loader calls per operation (per stampede in Stampede); `cpu-ns/op` and `redis-cpu-ns/op`, the CPU
+time per operation of the benchmark process (every goroutine in it, the systems' background ones
+included) and of the Redis servers the run started, over the timed region (getrusage and each
+server thread's `/proc/<pid>/task/*/schedstat`; Linux only). The CPU an operation costs moves far
+less with the machine's other load than the time it takes, so it is the steadier figure to compare
+systems by on a shared machine (the table after the headline).
 
 **Staleness.** Every read in the coherence workload is checked. A read that begins at time t is
 stale with respect to a bound Δ if it returns an older version than the newest write of the key

@@ -206,6 +206,8 @@ func write(w io.Writer, rs []result, charts string) error {
 		fmt.Fprintf(bw, "- %s: fastest median, %s.\n", wl, bestSys)
 	}
 
+	writeCPU(bw, rs, base)
+
 	coh := func(r result) bool { return r.workload == "Coherence" }
 	reads := group(rs, "reads", coh)
 	if len(reads.systems) == 0 {
@@ -235,6 +237,46 @@ func write(w io.Writer, rs []result, charts string) error {
 	}
 	fmt.Fprintf(bw, "\nZero stale reads at Δ = 100 ms: %s.\n", strings.Join(zero, ", "))
 	return bw.Flush()
+}
+
+// writeCPU prints the CPU time per operation of the runs that report it (cpu-ns/op,
+// the benchmark process; redis-cpu-ns/op, the Redis servers): the median of each
+// run's sum, then the medians of each part, and the sum's ratio to base's.
+func writeCPU(w io.Writer, rs []result, base string) {
+	self, redis := group(rs, "cpu-ns/op", func(result) bool { return true }), group(rs, "redis-cpu-ns/op", func(result) bool { return true })
+	if len(self.systems) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nCPU time per operation (median over %s runs of the benchmark process's CPU time plus the Redis servers', in the timed region), then the process's and the servers' medians; in parentheses, the total over %s's. It moves less than the time per operation with what else the shared machine is doing.\n\n", runs(self), base)
+	fmt.Fprintf(w, "| workload | %s |\n|---|%s\n", strings.Join(self.systems, " | "), strings.Repeat("---|", len(self.systems)))
+	total := func(wl, sys string) ([]float64, bool) {
+		k := [2]string{wl, sys}
+		s, r := self.vals[k], redis.vals[k]
+		if len(s) == 0 || len(s) != len(r) {
+			return nil, false
+		}
+		t := make([]float64, len(s))
+		for i := range s {
+			t[i] = s[i] + r[i]
+		}
+		return t, true
+	}
+	for _, wl := range self.workloads {
+		fmt.Fprintf(w, "| %s |", wl)
+		b, hasBase := total(wl, base)
+		for _, sys := range self.systems {
+			t, ok := total(wl, sys)
+			switch {
+			case !ok:
+				fmt.Fprint(w, " – |")
+			case sys == base || !hasBase:
+				fmt.Fprintf(w, " %s = %s + %s |", duration(median(t)), duration(median(self.vals[[2]string{wl, sys}])), duration(median(redis.vals[[2]string{wl, sys}])))
+			default:
+				fmt.Fprintf(w, " %s = %s + %s (%.2f) |", duration(median(t)), duration(median(self.vals[[2]string{wl, sys}])), duration(median(redis.vals[[2]string{wl, sys}])), median(t)/median(b))
+			}
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // sum adds up the values of one cell of t.

@@ -231,3 +231,41 @@ func TestLastStale(t *testing.T) {
 		}
 	}
 }
+
+// TestCPUTable checks the CPU table: each run's process and server CPU added up
+// before the median is taken, the parts' own medians beside it, and the ratio of the
+// totals' medians to the base's.
+func TestCPUTable(t *testing.T) {
+	const in = `BenchmarkZipf50/sys=tiered-2    	  100000	     16000 ns/op	     16000 cpu-ns/op	      8000 redis-cpu-ns/op
+BenchmarkZipf50/sys=rueidis-2   	  100000	      9000 ns/op	      9000 cpu-ns/op	      6000 redis-cpu-ns/op
+BenchmarkZipf50/sys=tiered-2    	  100000	     15000 ns/op	     14000 cpu-ns/op	      9000 redis-cpu-ns/op
+BenchmarkZipf50/sys=rueidis-2   	  100000	      8000 ns/op	      8000 cpu-ns/op	      5000 redis-cpu-ns/op
+BenchmarkZipf50/sys=tiered-2    	  100000	     15000 ns/op	     15000 cpu-ns/op	      9000 redis-cpu-ns/op
+BenchmarkZipf50/sys=rueidis-2   	  100000	      8000 ns/op	      9000 cpu-ns/op	      5000 redis-cpu-ns/op
+BenchmarkNearHit/sys=tiered-2   	  100000	        70 ns/op
+`
+	rs, err := parse(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	writeCPU(&b, rs, "tiered")
+	// tiered's totals 24000, 23000, 24000: median 24.0 µs; rueidis's 15000, 13000,
+	// 14000: median 14.0 µs, 14/24 = 0.58.
+	for _, want := range []string{
+		"| workload | tiered | rueidis |",
+		"| Zipf50 | 24.0 µs = 15.0 µs + 9.0 µs | 14.0 µs = 9.0 µs + 5.0 µs (0.58) |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("CPU table lacks %q:\n%s", want, b.String())
+		}
+	}
+	if strings.Contains(b.String(), "NearHit") {
+		t.Errorf("CPU table has a row for a workload without CPU figures:\n%s", b.String())
+	}
+	b.Reset()
+	writeCPU(&b, parseInput(t), "tiered")
+	if b.Len() != 0 {
+		t.Errorf("CPU table written for runs without CPU figures:\n%s", b.String())
+	}
+}
