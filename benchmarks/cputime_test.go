@@ -1,10 +1,15 @@
 package benchmarks
 
 import (
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -91,4 +96,36 @@ func pidCPU(pid int) (time.Duration, bool) {
 		total += time.Duration(ns)
 	}
 	return total, true
+}
+
+// timedProfileDir, if set (-timed.cpuprofile DIR), receives a CPU profile of each
+// timed region of the workloads run by runParallel (not Stampede, whose timed
+// regions are one stampede each), DIR/<benchmark>.<n>.prof: unlike -test.cpuprofile, it leaves out the
+// setup (populating a keyspace, warming near-caches), which in the shorter workloads
+// costs as much as the measured operations.
+var timedProfileDir = flag.String("timed.cpuprofile", "", "write a CPU profile of each benchmark's timed region into this directory")
+
+var timedProfiles atomic.Int64
+
+// startTimedProfile starts a CPU profile of a timed region if -timed.cpuprofile is
+// set, and returns the function that ends it.
+func startTimedProfile(b *testing.B) func() {
+	if *timedProfileDir == "" {
+		return func() {}
+	}
+	name := strings.NewReplacer("/", "_", "=", "-").Replace(b.Name())
+	f, err := os.Create(filepath.Join(*timedProfileDir, fmt.Sprintf("%s.%d.prof", name, timedProfiles.Add(1))))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }

@@ -97,6 +97,7 @@ func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.
 		b.SetParallelism(par)
 	}
 	b.ReportAllocs()
+	stopProfile := startTimedProfile(b)
 	mark := cpuNow()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -109,6 +110,7 @@ func runParallel(b *testing.B, par, every int, body func(w *worker, pb *testing.
 	})
 	b.StopTimer()
 	r.cpu.add(mark, cpuNow())
+	stopProfile()
 	if r.err != nil {
 		b.Fatal(r.err)
 	}

@@ -10,6 +10,11 @@
 #   REPORT_ONLY=1 benchmarks/run.sh           # rewrite BENCHMARKS.md from the last run's results/
 #   COUNT=1 FAULT_COUNT=1 ONLY=Faults OUT=/tmp/b.md benchmarks/run.sh   # the fault workload alone, once
 #
+# To profile one workload without its setup (populating a keyspace, warming
+# near-caches): the test binary's -timed.cpuprofile DIR writes a CPU profile of each
+# timed region into DIR, e.g.
+#   go test -run '^$' -bench 'Zipf50/sys=tiered-1node$' -benchtime 200000x -timed.cpuprofile /tmp/prof
+#
 # COUNT is the -count of every workload but the fault workload (default 6), whose runs
 # are one fault episode of about 10 s each for 4 faults x 5 systems: FAULT_COUNT is its
 # -count (default 3, about 10 minutes). ONLY, an extended regular expression, runs only
