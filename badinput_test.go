@@ -379,7 +379,9 @@ func TestBadInputTable(t *testing.T) {
 					if s := c.Stats(); s.DecodeErrors != before.DecodeErrors+1 || s.RemoteHits != before.RemoteHits {
 						t.Errorf("stats %+v, before %+v; want one more DecodeError, no remote hit", s, before)
 					}
-					// Repaired in Redis: a valid frame of the loaded value, with a TTL.
+					// Repaired in Redis: a valid frame of the loaded value, with a TTL
+					// (the repair follows the Get's return: see announce).
+					waitSettled(t, c)
 					raw, ok := e.raw(t, key)
 					h, payload, err := envelope.Decode([]byte(raw))
 					if !ok || err != nil || h.CodecTag != c.tag || string(payload) != good {
@@ -426,11 +428,13 @@ func TestBadInputTable(t *testing.T) {
 						if s := cc.Stats(); s.DecodeErrors != before.DecodeErrors+wantDecodeErrs || s.RemoteHits != before.RemoteHits+wantHits {
 							t.Errorf("GetMany %d: stats %+v, before %+v; want DecodeErrors +%d, RemoteHits +%d", j, s, before, wantDecodeErrs, wantHits)
 						}
+						// The repair and the near-cache store follow the call's return
+						// (see announce); no waitLocal here, whose retry Get would repair
+						// the bytes.
+						waitSettled(t, cc)
 						if raw, _ := e.raw(t, key); raw == bad.raw {
 							t.Errorf("after GetMany %d Redis still holds the undecodable bytes %q", j, raw)
 						}
-						// (GetMany waits for its near-cache stores; no waitLocal here,
-						// whose retry Get would repair the bytes.)
 						if v, _ := nearHas(cc, key); v != good {
 							t.Errorf("near-cache holds %q after GetMany; want the loaded value", v)
 						}

@@ -22,8 +22,9 @@ import (
 //	phaseLease  taking the key's lease in the shared tier, or waiting for its holder
 //	            (another process) to fill the key
 //	phaseLoad   calling the Loader (or the BatchLoader, for many flights at once)
-//	phaseFill   writing the shared tier, then the near-cache
-//	phaseDone   the outcome is set and the waiters are woken
+//	phaseFill   the waiters are woken with the loaded value (announce), then the
+//	            flight writes the shared tier and the near-cache
+//	phaseDone   the flight has left the table
 //
 // From phaseLease on, the flight runs in its own goroutine under loadContext, so that
 // no caller's cancellation cancels it for the others.
@@ -40,11 +41,16 @@ import (
 // With the generation in the name, B starts its own flight, and A's near-cache store
 // is refused because A's fence is older than step 2 (invariant C2, fill fencing).
 //
-// A flight leaves the table before its waiters are woken and after its value is in
-// the near-cache (served at once from its stage: internal/local/stage.go), so a
-// caller arriving at any moment either joins it, or hits the near-cache, or (if the
-// store was refused, or ristretto later dropped it) starts a new flight that finds the
-// value in the shared tier. The table is the only place a
+// A flight leaves the table after its value is in the near-cache (served at once from
+// its stage: internal/local/stage.go), so a caller arriving at any moment either joins
+// it, or hits the near-cache, or (if the store was refused, or ristretto later dropped
+// it) starts a new flight that finds the value in the shared tier. A flight that
+// loaded wakes its waiters before its fills (announce): the callers do not wait for
+// the fill's round trip, and a caller that joins meanwhile returns the same outcome
+// at once; one that joins after an invalidation of the key cannot (its generation
+// differs), so the value returned early is one a caller that joined before the fill
+// would have had anyway. Other flights wake their waiters as they leave. The table
+// is the only place a
 // flight is found: there is no second map of loads in progress, so a caller can never
 // arrive "between" a read and the load it ended in.
 
@@ -140,23 +146,39 @@ func (c *Cache[V]) begin(key string, h uint64, node int, spare *flight[V]) (fl *
 	return fl, true
 }
 
-// finish ends fl with o: it leaves the table, then its waiters are woken.
+// finish ends fl with o: it leaves the table, then its waiters are woken (unless
+// announce has woken them already, with the same outcome).
 func (c *Cache[V]) finish(fl *flight[V], o outcome[V]) {
+	c.end(fl, o, true)
+}
+
+// announce wakes fl's waiters with o before the flight's last steps (its fills):
+// fl stays in the table until finish, so that a caller that misses the key meanwhile
+// joins it and returns o at once, as it would have had it joined a moment earlier.
+func (c *Cache[V]) announce(fl *flight[V], o outcome[V]) {
+	c.end(fl, o, false)
+}
+
+func (c *Cache[V]) end(fl *flight[V], o outcome[V], leave bool) {
 	switch {
 	case phase(fl.phase.Load()) >= phaseLoad:
 		o.tier = TierLoader
 	case !c.localOnly:
 		o.tier = TierShared // read, or filled by another process during phaseLease
 	}
-	fl.setPhase(phaseDone)
+	if leave {
+		fl.setPhase(phaseDone)
+	}
 	sh := &c.flights.shards[fl.h%flightShards]
 	sh.mu.Lock()
-	if fl.ended { // by Close (abortFlights): its waiters have had ErrClosed
+	if leave && sh.m[fl.id] == fl {
+		delete(sh.m, fl.id)
+	}
+	if fl.ended { // announced, or by Close (abortFlights): its waiters have had their outcome
 		sh.mu.Unlock()
 		return
 	}
 	fl.out = o
-	delete(sh.m, fl.id)
 	fl.ended = true
 	done := fl.done
 	sh.mu.Unlock()
@@ -178,6 +200,9 @@ func (c *Cache[V]) abortFlights() {
 		sh.mu.Lock()
 		for id, fl := range sh.m {
 			delete(sh.m, id)
+			if fl.ended {
+				continue // announced: its waiters have their outcome
+			}
 			fl.out = outcome[V]{err: ErrClosed}
 			fl.ended = true
 			if fl.done != nil {

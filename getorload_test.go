@@ -61,6 +61,7 @@ func TestGetOrLoad(t *testing.T) {
 	if n := calls.Load(); n != 1 {
 		t.Errorf("%d loads for 9 concurrent callers, want 1", n)
 	}
+	waitSettled(t, a) // the callers return before the fill
 	pttl, err := srv[0].Do(ctx, "PTTL", redisKey(a, "k"))
 	if ms, ok := pttl.(int64); err != nil || !ok || ms > ttl.Milliseconds() || ms < (ttl*8/10).Milliseconds() {
 		t.Errorf("PTTL = %v, %v; want the call's TTL (%v, less jitter)", pttl, err, ttl)
@@ -103,6 +104,7 @@ func TestGetOrLoad(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	waitSettled(t, a) // the fill, and LeasesLost, follow the call's return
 	if n, err := srv[0].Do(ctx, "EXISTS", redisKey(a, "d")); err != nil || n != int64(0) {
 		t.Errorf("after a Delete during the load, the key exists in Redis: %v, %v", n, err)
 	}

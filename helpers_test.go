@@ -151,14 +151,51 @@ func waitFor(t testing.TB, what string, cond func() bool) time.Time {
 	}
 }
 
+// waitSettled waits until c has no flight: a Get that loads returns as soon as its
+// value is loaded, and its flight fills both tiers (and counts what the fills did in
+// Stats) after that (see announce).
+func waitSettled[V any](t testing.TB, c *Cache[V]) {
+	t.Helper()
+	waitFor(t, "the flights' fills", func() bool { return c.flights.running() == 0 })
+}
+
+// running returns the number of flights in the table.
+func (f *flights[V]) running() int {
+	n := 0
+	for i := range f.shards {
+		sh := &f.shards[i]
+		sh.mu.Lock()
+		n += len(sh.m)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// has reports whether a flight of key (hash h) is in the table.
+func (f *flights[V]) has(h uint64, key string) bool {
+	sh := &f.shards[h%flightShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for id := range sh.m {
+		if id.key == key {
+			return true
+		}
+	}
+	return false
+}
+
 // waitLocal waits until key is served from c's near-cache (ristretto applies Sets
-// asynchronously).
+// asynchronously; a flight stores its value after its callers have returned).
 func waitLocal[V any](t testing.TB, c *Cache[V], key string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
+	h := c.local.Hash(key)
 	for {
+		// The key's flight, if any, ends with its store: wait for it rather than
+		// join it (a Get joining it would be counted, and store nothing more).
+		waitFor(t, "the flight of "+key, func() bool { return !c.flights.has(h, key) })
 		c.local.Wait()
-		if _, _, ok, _ := c.local.Lookup(c.local.Hash(key), key); ok {
+		if _, _, ok, _ := c.local.Lookup(h, key); ok {
 			return
 		}
 		if time.Now().After(deadline) {

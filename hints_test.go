@@ -82,7 +82,8 @@ func TestHintedHandoffSurvivesWriter(t *testing.T) {
 	if v, err := r.Get(ctx, k); err != nil || v != "v1" {
 		t.Fatal(v, err)
 	}
-	if got, _ := servers[x].Do(ctx, "EXISTS", redisKey(r, k)); got != int64(1) {
+	waitSettled(t, r) // the fill follows the Get's return: see announce
+	if got, _ := servers[x].Do(ctx, "GET", redisKey(r, k)); !framed(got, "v1") {
 		t.Fatalf("v1 not in Redis: %v", got)
 	}
 

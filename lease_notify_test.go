@@ -83,8 +83,10 @@ func TestLeaseWaiterWokenByFill(t *testing.T) {
 				t.Errorf("B's FillNotices = %d, want 1 (woken by the %s, not by its fallback poll)", st.FillNotices, how)
 			}
 			// SET calls since A's load was released, those run by scripts included:
-			// the fill's own (fill), or A's Set's (set), or B's fill (release), plus
-			// one for each time B read the key again (SET NX GET).
+			// the fill's own (fill), or A's Set's (set), or B's fill (release, which
+			// follows B.Get's return: see announce), plus one for each time B read the
+			// key again (SET NX GET).
+			waitSettled(t, b)
 			switch sets = commandCalls(t, servers[0], "set") - sets; {
 			case how == "fill" && sets != 1:
 				t.Errorf("%d SETs after the fill; want 1, the fill's own: B read the key again although the notice carried its value", sets)

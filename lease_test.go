@@ -55,6 +55,7 @@ func TestC3NoStaleSetAfterDelete(t *testing.T) {
 			if err := <-res; err != nil {
 				t.Fatal(err)
 			}
+			waitSettled(t, a) // A's fill runs after its Get returned
 			rk := redisKey(a, "k")
 			raw, err := servers[a.shared.Owner("k")].Do(ctx, "GET", rk)
 			if write == "Delete" {

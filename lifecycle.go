@@ -197,7 +197,8 @@ func (c *Cache[V]) newRemote(nodes []*sharedNode) (*remote.Redis, error) {
 func (c *Cache[V]) Stats() Stats { return c.stats.snapshot() }
 
 // Close stops the Cache: calls made after it return ErrClosed; loads in flight are
-// cancelled and waited for, as are calls in progress; the near-cache's goroutines
+// cancelled and waited for, as are calls in progress and the fills of values already
+// returned to their callers (each fill bounded by Options.Timeout); the near-cache's goroutines
 // stop; this Cache stops following the nodes' invalidations. Writes a node missed
 // (see Options.MissedDeletes) are tried once more; those still not confirmed make
 // Close return an error naming the node, and are logged with their keys (other

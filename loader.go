@@ -186,6 +186,11 @@ func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err 
 	if !ok {
 		return
 	}
+	// The callers have the value now; the fills follow. Close cancels loads but
+	// waits for these (each bounded by Options.Timeout): a fill it cancelled would
+	// leave the lease's placeholder for other processes to wait out.
+	c.announce(fl, f.outcome)
+	ctx = context.WithoutCancel(ctx)
 	var ferr error
 	switch {
 	case !p.write:

@@ -122,6 +122,9 @@ func TestRecorderEvents(t *testing.T) {
 	if _, err := a.Get(ctx, "k1"); err != nil { // miss in both tiers: loaded
 		t.Fatal(err)
 	}
+	// A's fill follows its Get's return (see announce): wait for it, so that B's
+	// read is a plain shared hit.
+	waitSettled(t, a)
 	if _, err := b.Get(ctx, "k1"); err != nil { // shared hit
 		t.Fatal(err)
 	}

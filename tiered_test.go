@@ -110,7 +110,9 @@ func TestTTLExpiry(t *testing.T) {
 	if n := src.calls.Load(); n != 2 {
 		t.Fatalf("loader calls = %d, want 2", n)
 	}
-	// The remote key expired on its own too: Redis's TTL was set.
+	// The remote key expired on its own too: Redis's TTL was set (v2's fill follows
+	// the Get's return: see announce).
+	waitSettled(t, c)
 	rk := redisKey(c, "k")
 	for _, s := range servers {
 		ttl, err := s.Do(ctx, "PTTL", rk)
