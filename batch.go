@@ -22,7 +22,8 @@ import (
 //     waits (Options.LeaseTTL), each on its own;
 //   - load: one BatchLoader call for the keys whose leases it won (or the Loader per
 //     key, at most LoadConcurrency at a time, without a BatchLoader);
-//   - fill: one pipelined round trip per node, each value written only while its lease
+//   - fill: the callers are given the values first (as Get's are: see announce);
+//     then one pipelined round trip per node, each value written only while its lease
 //     holds, so a Delete during the batch's load keeps the batch's value out of Redis
 //     (invariant C3, as for Get); then the near-cache, fenced (invariant C2).
 //
@@ -300,6 +301,12 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 		}
 		rs = append(rs, r)
 	}
+	// The callers have their values now; the fills follow, as fillOne's do (and as
+	// there, Close waits for them rather than cancelling them).
+	for _, r := range rs {
+		c.announce(r.fl, r.f.outcome)
+	}
+	ctx = context.WithoutCancel(ctx)
 	if len(leased) > 0 {
 		c.shared.FillLeasedMany(ctx, leased, func(i int) time.Duration { return leasedTTL[i] })
 	}

@@ -37,8 +37,9 @@
 // GetMany does the same for many keys: it joins the flights already running for its
 // keys, starts the others, reads them with one round trip per node, takes the leases
 // of those still missing in one pipelined round trip per node, waits for keys other
-// processes hold, calls the BatchLoader once for the keys it won, and fills them with
-// one pipelined round trip per node, each value only while its lease holds.
+// processes hold, calls the BatchLoader once for the keys it won, returns their values,
+// and then fills them with one pipelined round trip per node, each value only while
+// its lease holds.
 //
 // # Write path
 //

@@ -228,6 +228,7 @@ func TestGetManyDeleteDuringBatchLoad(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
+		waitSettled(t, a) // the batch's fills, and LeasesLost, follow its return
 		// A replica started now must load the new rows: nothing old is in Redis.
 		o2 := ringOpts[string](t, servers)
 		o2.Loader = LoaderFunc[string](func(_ context.Context, k string) (string, error) {

@@ -167,72 +167,96 @@ func (h *holdScripts) hold(cmd redis.Cmder) {
 	}
 }
 
-// TestGetReturnsBeforeFill: a Get that loads returns the value as soon as the Loader
-// has it, without waiting for the fill of the shared tier; a Get of the key while the
-// fill is on its way joins the flight (no second load, no round trip); once the fill
-// lands, Redis and the near-cache hold the value.
+// TestGetReturnsBeforeFill: a Get (or a GetMany with a BatchLoader) that loads returns
+// the value as soon as the Loader has it, without waiting for the fill of the shared
+// tier; a Get of the key while the fill is on its way joins the flight (no second
+// load, no round trip); once the fill lands, Redis and the near-cache hold the value.
 func TestGetReturnsBeforeFill(t *testing.T) {
-	srv := redistest.Start(t, 1)[0]
-	h := &holdScripts{reached: make(chan struct{}, 1), release: make(chan struct{})}
-	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	cl.AddHook(h)
-	t.Cleanup(func() { cl.Close() })
-	src := newSource()
-	src.put("k", "v")
-	// A per-call bound long enough that the held fill is not failed by it.
-	c := newCache(t, Options[string]{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "early", Loader: src, Timeout: 10 * time.Second})
-	ctx := context.Background()
-	// Load the fill script into the node first, so that the held call is the fill.
-	src.put("warm", "w")
-	if _, err := c.Get(ctx, "warm"); err != nil {
-		t.Fatal(err)
-	}
-	waitSettled(t, c)
-	warm := c.Stats()
+	for _, call := range []string{"Get", "GetMany"} {
+		t.Run(call, func(t *testing.T) {
+			srv := redistest.Start(t, 1)[0]
+			h := &holdScripts{reached: make(chan struct{}, 1), release: make(chan struct{})}
+			cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+			cl.AddHook(h)
+			t.Cleanup(func() { cl.Close() })
+			src := newSource()
+			src.put("k", "v")
+			// A per-call bound long enough that the held fill is not failed by it.
+			o := Options[string]{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "early", Loader: src, Timeout: 10 * time.Second}
+			if call == "GetMany" {
+				o.BatchLoader = BatchLoaderFunc[string](func(ctx context.Context, keys []string) (map[string]string, error) {
+					m := make(map[string]string)
+					for _, k := range keys {
+						if v, err := src.Load(ctx, k); err == nil {
+							m[k] = v
+						}
+					}
+					return m, nil
+				})
+			}
+			c := newCache(t, o)
+			ctx := context.Background()
+			// Load the fill script into the node first, so that the held call is the fill.
+			src.put("warm", "w")
+			if _, err := c.GetMany(ctx, []string{"warm"}); err != nil {
+				t.Fatal(err)
+			}
+			waitSettled(t, c)
+			warm := c.Stats()
 
-	h.armed.Store(true)
-	var released sync.Once
-	release := func() { released.Do(func() { h.armed.Store(false); close(h.release) }) }
-	t.Cleanup(release) // before the Cache's Close, which waits for the fill
-	got := make(chan error, 1)
-	go func() {
-		v, err := c.Get(ctx, "k")
-		if err == nil && v != "v" {
-			err = fmt.Errorf("Get = %q", v)
-		}
-		got <- err
-	}()
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(waitForWithin):
-		t.Fatal("Get did not return while its fill was held: it waits for the fill")
-	}
-	select {
-	case <-h.reached: // the fill is on its way, held
-	case <-time.After(waitForWithin):
-		t.Fatal("the fill never started")
-	}
-	raw, err := srv.Do(ctx, "GET", redisKey(c, "k"))
-	if err != nil || framed(raw, "v") {
-		t.Fatalf("Redis holds %q, %v while the fill is held; want the lease's placeholder", raw, err)
-	}
-	before := c.Stats()
-	if v, err := c.Get(ctx, "k"); err != nil || v != "v" {
-		t.Fatalf("Get during the fill = %q, %v", v, err)
-	}
-	if s := c.Stats(); s.Loads != before.Loads || s.RemoteHits != before.RemoteHits || s.RemoteMisses != before.RemoteMisses {
-		t.Errorf("Get during the fill: stats %+v, before %+v; want it to join the flight (no load, no shared-tier read)", s, before)
-	}
-	release()
-	waitSettled(t, c)
-	if raw, err := srv.Do(ctx, "GET", redisKey(c, "k")); err != nil || !framed(raw, "v") {
-		t.Errorf("Redis holds %q, %v after the fill; want the value", raw, err)
-	}
-	waitLocal(t, c, "k")
-	if s := c.Stats(); s.Loads != warm.Loads+1 {
-		t.Errorf("%d loads of k, want 1", s.Loads-warm.Loads)
+			h.armed.Store(true)
+			var released sync.Once
+			release := func() { released.Do(func() { h.armed.Store(false); close(h.release) }) }
+			t.Cleanup(release) // before the Cache's Close, which waits for the fill
+			got := make(chan error, 1)
+			go func() {
+				var v string
+				var err error
+				if call == "Get" {
+					v, err = c.Get(ctx, "k")
+				} else {
+					var m map[string]string
+					m, err = c.GetMany(ctx, []string{"k"})
+					v = m["k"]
+				}
+				if err == nil && v != "v" {
+					err = fmt.Errorf("%s = %q", call, v)
+				}
+				got <- err
+			}()
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(waitForWithin):
+				t.Fatalf("%s did not return while its fill was held: it waits for the fill", call)
+			}
+			select {
+			case <-h.reached: // the fill is on its way, held
+			case <-time.After(waitForWithin):
+				t.Fatal("the fill never started")
+			}
+			raw, err := srv.Do(ctx, "GET", redisKey(c, "k"))
+			if err != nil || framed(raw, "v") {
+				t.Fatalf("Redis holds %q, %v while the fill is held; want the lease's placeholder", raw, err)
+			}
+			before := c.Stats()
+			if v, err := c.Get(ctx, "k"); err != nil || v != "v" {
+				t.Fatalf("Get during the fill = %q, %v", v, err)
+			}
+			if s := c.Stats(); s.Loads != before.Loads || s.RemoteHits != before.RemoteHits || s.RemoteMisses != before.RemoteMisses {
+				t.Errorf("Get during the fill: stats %+v, before %+v; want it to join the flight (no load, no shared-tier read)", s, before)
+			}
+			release()
+			waitSettled(t, c)
+			if raw, err := srv.Do(ctx, "GET", redisKey(c, "k")); err != nil || !framed(raw, "v") {
+				t.Errorf("Redis holds %q, %v after the fill; want the value", raw, err)
+			}
+			waitLocal(t, c, "k")
+			if s := c.Stats(); s.Loads != warm.Loads+1 {
+				t.Errorf("%d loads of k, want 1", s.Loads-warm.Loads)
+			}
+		})
 	}
 }

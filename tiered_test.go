@@ -278,7 +278,9 @@ func TestGetManyAcrossNodes(t *testing.T) {
 	if batches.Load() != 1 || batchKeys.Load() != 21 {
 		t.Errorf("batch loader: %d calls with %d keys, want 1 call with 21", batches.Load(), batchKeys.Load())
 	}
-	// Everything is now in the shared tier: b sees it without loading.
+	// Everything is now in the shared tier (the batch's fills follow its return: see
+	// announce): b sees it without loading.
+	waitSettled(t, a)
 	loadsBefore := src.calls.Load()
 	got, err = b.GetMany(ctx, keys)
 	if err != nil || len(got) != n {
