@@ -68,11 +68,18 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			}
 			continue
 		}
-		c.stats.localMisses.Add(1)
 		if len(slab) == 0 {
 			slab = make([]flight[V], len(keys)-len(seen)+1)
 		}
-		fl, lead := c.begin(k, h, c.shared.Owner(k), &slab[0])
+		fl, lead, ready := c.begin(k, h, c.shared.Owner(k), &slab[0])
+		if ready { // on its way into the near-cache (see announce): a near hit
+			c.stats.localHit(h)
+			if !fl.out.absent {
+				out[k] = fl.out.v
+			}
+			continue
+		}
+		c.stats.localMisses.Add(1)
 		waits = append(waits, fl)
 		if lead {
 			led = append(led, fl)
@@ -301,12 +308,14 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 		}
 		rs = append(rs, r)
 	}
-	// The callers have their values now; the fills follow, as fillOne's do (and as
-	// there, Close waits for them rather than cancelling them).
-	for _, r := range rs {
-		c.announce(r.fl, r.f.outcome)
+	if len(leased)+len(repairs) > 0 {
+		// The callers have their values now; the fills follow, as fillOne's do (and
+		// as there, Close waits for them rather than cancelling them).
+		for _, r := range rs {
+			c.announce(r.fl, r.f.outcome)
+		}
+		ctx = context.WithoutCancel(ctx)
 	}
-	ctx = context.WithoutCancel(ctx)
 	if len(leased) > 0 {
 		c.shared.FillLeasedMany(ctx, leased, func(i int) time.Duration { return leasedTTL[i] })
 	}

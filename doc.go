@@ -24,9 +24,9 @@
 // has no value, the flight takes the key's lease (see Leases), so that one process in
 // the fleet calls the Loader, and every caller that joined receives the value as soon
 // as the Loader returns it; the flight then fills Redis and the near-cache, and a
-// caller that misses the key meanwhile joins it and receives the same value at once
-// (TestGetReturnsBeforeFill): a caller waits for the Loader and one round trip, not
-// for the fill. Each caller waits under its own ctx; none cancels
+// caller that misses the key meanwhile is served the same value by the flight, as a
+// near hit (TestGetReturnsBeforeFill): a caller waits for the Loader and one round
+// trip, not for the fill. Each caller waits under its own ctx; none cancels
 // the flight for the others. Absence (ErrNotFound from the Loader) is cached too, for
 // Options.NegativeTTL. A shared tier that fails or times out (Options.Timeout) is
 // counted in Stats, logged (at most once a second per node) and bypassed: the Loader

@@ -46,10 +46,11 @@ import (
 // it, or hits the near-cache, or (if the store was refused, or ristretto later dropped
 // it) starts a new flight that finds the value in the shared tier. A flight that
 // loaded wakes its waiters before its fills (announce): the callers do not wait for
-// the fill's round trip, and a caller that joins meanwhile returns the same outcome
-// at once; one that joins after an invalidation of the key cannot (its generation
-// differs), so the value returned early is one a caller that joined before the fill
-// would have had anyway. Other flights wake their waiters as they leave. The table
+// the fill's round trip, and a caller that misses the key meanwhile is served the
+// same outcome at once, as the near-cache would serve it a moment later (counted as
+// a near hit); one that misses after an invalidation of the key finds no such
+// flight (its generation differs), so the value served early is one a caller that
+// joined before the fill would have had anyway. Other flights wake their waiters as they leave. The table
 // is the only place a
 // flight is found: there is no second map of loads in progress, so a caller can never
 // arrive "between" a read and the load it ended in.
@@ -118,22 +119,24 @@ type flights[V any] struct {
 
 // begin returns key's flight for its current fence on node (its owner), starting one if there is none
 // (in spare, if not nil: GetMany allocates its flights together); lead reports that
-// the caller started it and must lead it to finish.
-func (c *Cache[V]) begin(key string, h uint64, node int, spare *flight[V]) (fl *flight[V], lead bool) {
+// the caller started it and must lead it to finish, ready that it has been announced:
+// its outcome (fl.out) is a value on its way into the near-cache, which the caller
+// serves as a near hit, as it would a moment later.
+func (c *Cache[V]) begin(key string, h uint64, node int, spare *flight[V]) (fl *flight[V], lead, ready bool) {
 	f := c.local.Fence(h, node)
 	id := flightID{key: key, gen: f.Generation()}
 	sh := &c.flights.shards[h%flightShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if fl, ok := sh.m[id]; ok {
-		return fl, false
+		return fl, false, fl.ended
 	}
 	if c.closed.Load() {
 		// A call that entered before Close began, beginning its flight after
 		// abortFlights passed this shard (or while it runs): the flight is born
 		// ended, and its caller waits for nothing.
 		fl = &flight[V]{id: id, h: h, node: node, fence: f, ended: true, out: outcome[V]{err: ErrClosed}}
-		return fl, false
+		return fl, false, false
 	}
 	if sh.m == nil {
 		sh.m = make(map[flightID]*flight[V])
@@ -143,7 +146,7 @@ func (c *Cache[V]) begin(key string, h uint64, node int, spare *flight[V]) (fl *
 	}
 	fl.id, fl.h, fl.node, fl.fence = id, h, node, f
 	sh.m[id] = fl
-	return fl, true
+	return fl, true, false
 }
 
 // finish ends fl with o: it leaves the table, then its waiters are woken (unless

@@ -186,11 +186,16 @@ func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err 
 	if !ok {
 		return
 	}
-	// The callers have the value now; the fills follow. Close cancels loads but
-	// waits for these (each bounded by Options.Timeout): a fill it cancelled would
-	// leave the lease's placeholder for other processes to wait out.
-	c.announce(fl, f.outcome)
-	ctx = context.WithoutCancel(ctx)
+	if p.write && (p.refresh || p.token != "" || p.repair) {
+		// The callers have the value now; the shared tier's fill follows. Close
+		// cancels loads but waits for fills (each bounded by Options.Timeout): a
+		// fill it cancelled would leave the lease's placeholder for other processes
+		// to wait out. Without a fill to wait for (no shared tier, or a node that
+		// failed), the near-cache store comes first, as for a shared hit: the next
+		// Get in program order is a near hit.
+		c.announce(fl, f.outcome)
+		ctx = context.WithoutCancel(ctx)
+	}
 	var ferr error
 	switch {
 	case !p.write:

@@ -69,7 +69,7 @@ func (c *Cache[V]) refresh(key string) {
 	if !c.hasLoader() {
 		return
 	}
-	fl, lead := c.begin(key, c.local.Hash(key), c.shared.Owner(key), nil)
+	fl, lead, _ := c.begin(key, c.local.Hash(key), c.shared.Owner(key), nil)
 	if !lead {
 		return
 	}

@@ -151,14 +151,22 @@ func (c *Cache[V]) get(ctx context.Context, h uint64, key string, pc perCall[V])
 		return zero, ErrClosed
 	}
 	defer c.wg.Done()
-	c.stats.localMisses.Add(1)
 	var start time.Time
 	if c.recording {
 		start = time.Now()
 	}
 	node := c.shared.Owner(key)
-	for {
-		fl, lead := c.begin(key, h, node, nil)
+	for missed := false; ; missed = true {
+		fl, lead, ready := c.begin(key, h, node, nil)
+		if ready && !missed {
+			// Loaded, and on its way into the near-cache behind its fill (see
+			// announce): a near hit, counted (and not recorded) as one.
+			c.stats.localHit(h)
+			return result(fl.out)
+		}
+		if !missed {
+			c.stats.localMisses.Add(1)
+		}
 		if !lead || !c.lead(ctx, fl, pc) {
 			if err := c.wait(ctx, fl); err != nil {
 				c.record(start, TierNone, err)
