@@ -261,7 +261,9 @@
 //
 // # Concurrency and lifecycle
 //
-// A Cache is safe for concurrent use. Close cancels loads in flight, waits for every
+// A Cache is safe for concurrent use. Close cancels loads in flight, lets the fills of
+// values already returned finish (each bounded by Options.Timeout;
+// TestCloseLetsFillsFinish), waits for every
 // goroutine the Cache started and every call in progress, and is idempotent; calls
 // after it return ErrClosed. Values are shared between callers and tiers: do not
 // mutate a value after passing it to Set or receiving it from Get.

@@ -262,3 +262,58 @@ func TestGetReturnsBeforeFill(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseLetsFillsFinish: Close, called while the fill of a value already returned
+// is on its way, waits for that fill rather than cancelling it, so that the key holds
+// the value and not the lease's placeholder, which other processes would wait out.
+func TestCloseLetsFillsFinish(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	h := &holdScripts{reached: make(chan struct{}, 1), release: make(chan struct{})}
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	cl.AddHook(h)
+	t.Cleanup(func() { cl.Close() })
+	src := newSource()
+	src.put("k", "v")
+	c, err := New(Options[string]{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "closefill", Loader: src, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	src.put("warm", "w") // loads the fill script into the node: the held call is the fill
+	if _, err := c.Get(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+	waitSettled(t, c)
+
+	h.armed.Store(true)
+	var released sync.Once
+	release := func() { released.Do(func() { h.armed.Store(false); close(h.release) }) }
+	t.Cleanup(release)
+	if v, err := c.Get(ctx, "k"); err != nil || v != "v" {
+		t.Fatalf("Get = %q, %v", v, err)
+	}
+	select {
+	case <-h.reached:
+	case <-time.After(waitForWithin):
+		t.Fatal("the fill never started")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while a fill was on its way", err)
+	case <-time.After(50 * time.Millisecond): // Close is waiting for the fill
+	}
+	release()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal("Close:", err)
+		}
+	case <-time.After(waitForWithin):
+		t.Fatal("Close did not return after the fill")
+	}
+	if raw, err := srv.Do(ctx, "GET", redisKey(c, "k")); err != nil || !framed(raw, "v") {
+		t.Errorf("after Close Redis holds %q, %v; want the value (the fill ran to its end)", raw, err)
+	}
+}

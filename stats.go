@@ -7,7 +7,7 @@ import (
 
 // Stats are the cache's counters since New. Every field only grows.
 type Stats struct {
-	LocalHits    uint64 // Gets and GetMany keys answered by the near-cache
+	LocalHits    uint64 // Gets and GetMany keys answered by the near-cache (or by a load of the key on its way into it)
 	LocalMisses  uint64 // ... that went on to the shared tier
 	RemoteHits   uint64 // answered by the shared tier (Redis)
 	RemoteMisses uint64 // the shared tier had no value (never counted without a shared tier)
