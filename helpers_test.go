@@ -42,6 +42,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tieredcache/tiered/internal/redistest"
+	"github.com/tieredcache/tiered/internal/remote"
 )
 
 func TestMain(m *testing.M) {
@@ -299,4 +300,11 @@ func waitGoroutinesGone(t testing.TB, fn string, within time.Duration) time.Dura
 		t.Error(err)
 	}
 	return d
+}
+
+// holdsFrame reports whether raw, read from a value key, is a value's frame of
+// payload (and not a lease's placeholder, whose random token may end the same way).
+func holdsFrame(raw any, payload string) bool {
+	s, ok := raw.(string)
+	return ok && !remote.IsPlaceholder([]byte(s)) && framed(raw, payload)
 }

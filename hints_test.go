@@ -83,7 +83,7 @@ func TestHintedHandoffSurvivesWriter(t *testing.T) {
 		t.Fatal(v, err)
 	}
 	waitSettled(t, r) // the fill follows the Get's return: see announce
-	if got, _ := servers[x].Do(ctx, "GET", redisKey(r, k)); !framed(got, "v1") {
+	if got, _ := servers[x].Do(ctx, "GET", redisKey(r, k)); !holdsFrame(got, "v1") {
 		t.Fatalf("v1 not in Redis: %v", got)
 	}
 

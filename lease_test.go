@@ -62,7 +62,7 @@ func TestC3NoStaleSetAfterDelete(t *testing.T) {
 				if err == nil {
 					t.Fatalf("Redis holds %q after the Delete: a stale fill landed", raw)
 				}
-			} else if err != nil || !framed(raw, "new") {
+			} else if err != nil || !holdsFrame(raw, "new") {
 				t.Fatalf("Redis holds %v, %v after the Set; want the new value", raw, err)
 			}
 			if s := a.Stats(); s.LeasesLost != 1 {

@@ -112,7 +112,7 @@ func TestRefreshFencedByDelete(t *testing.T) {
 		t.Fatalf("A.Get after the Delete = %v, want ErrNotFound", err)
 	}
 	rk := redisKey(a, "k")
-	if v, err := servers[a.shared.Owner("k")].Do(ctx, "GET", rk); err == nil && framed(v, "v1") {
+	if v, err := servers[a.shared.Owner("k")].Do(ctx, "GET", rk); err == nil && holdsFrame(v, "v1") {
 		t.Fatal("the refresh re-populated Redis after the Delete")
 	}
 }
