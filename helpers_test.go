@@ -76,6 +76,17 @@ func (s *source) Load(_ context.Context, key string) (string, error) {
 	return v, nil
 }
 
+// LoadMany makes a source a BatchLoader too: the values of the keys it holds.
+func (s *source) LoadMany(ctx context.Context, keys []string) (map[string]string, error) {
+	m := make(map[string]string)
+	for _, k := range keys {
+		if v, err := s.Load(ctx, k); err == nil {
+			m[k] = v
+		}
+	}
+	return m, nil
+}
+
 func (s *source) put(k, v string) { s.mu.Lock(); s.m[k] = v; s.mu.Unlock() }
 func (s *source) del(k string)    { s.mu.Lock(); delete(s.m, k); s.mu.Unlock() }
 

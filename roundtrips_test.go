@@ -138,9 +138,27 @@ func TestNearMissTwoRoundTrips(t *testing.T) {
 // makes while it is armed, until release is closed; reached receives once per call
 // held.
 type holdScripts struct {
-	armed   atomic.Bool
-	reached chan struct{}
-	release chan struct{}
+	armed    atomic.Bool
+	reached  chan struct{}
+	release  chan struct{}
+	released sync.Once
+}
+
+// open disarms h and lets the held calls go; it may be called more than once.
+func (h *holdScripts) open() {
+	h.released.Do(func() { h.armed.Store(false); close(h.release) })
+}
+
+// heldNode starts one Redis node and a client of it whose script calls h holds
+// while armed. The test must open h before its Caches close (defer h.open(): defers
+// run before cleanups), since Close waits for a held fill.
+func heldNode(t *testing.T) (*redistest.Server, *redis.Client, *holdScripts) {
+	srv := redistest.Start(t, 1)[0]
+	h := &holdScripts{reached: make(chan struct{}, 1), release: make(chan struct{})}
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	cl.AddHook(h)
+	t.Cleanup(func() { cl.Close() })
+	return srv, cl, h
 }
 
 func (h *holdScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -176,25 +194,14 @@ func (h *holdScripts) hold(cmd redis.Cmder) {
 func TestGetReturnsBeforeFill(t *testing.T) {
 	for _, call := range []string{"Get", "GetMany"} {
 		t.Run(call, func(t *testing.T) {
-			srv := redistest.Start(t, 1)[0]
-			h := &holdScripts{reached: make(chan struct{}, 1), release: make(chan struct{})}
-			cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-			cl.AddHook(h)
-			t.Cleanup(func() { cl.Close() })
+			srv, cl, h := heldNode(t)
+			defer h.open()
 			src := newSource()
 			src.put("k", "v")
 			// A per-call bound long enough that the held fill is not failed by it.
 			o := Options[string]{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "early", Loader: src, Timeout: 10 * time.Second}
 			if call == "GetMany" {
-				o.BatchLoader = BatchLoaderFunc[string](func(ctx context.Context, keys []string) (map[string]string, error) {
-					m := make(map[string]string)
-					for _, k := range keys {
-						if v, err := src.Load(ctx, k); err == nil {
-							m[k] = v
-						}
-					}
-					return m, nil
-				})
+				o.BatchLoader = src
 			}
 			c := newCache(t, o)
 			ctx := context.Background()
@@ -207,9 +214,6 @@ func TestGetReturnsBeforeFill(t *testing.T) {
 			warm := c.Stats()
 
 			h.armed.Store(true)
-			var released sync.Once
-			release := func() { released.Do(func() { h.armed.Store(false); close(h.release) }) }
-			t.Cleanup(release) // before the Cache's Close, which waits for the fill
 			got := make(chan error, 1)
 			go func() {
 				var v string
@@ -251,7 +255,7 @@ func TestGetReturnsBeforeFill(t *testing.T) {
 				s.LocalHits != before.LocalHits+1 || s.LocalMisses != before.LocalMisses {
 				t.Errorf("Get during the fill: stats %+v, before %+v; want a near hit served by the flight (no load, no shared-tier read)", s, before)
 			}
-			release()
+			h.open()
 			waitSettled(t, c)
 			if raw, err := srv.Do(ctx, "GET", redisKey(c, "k")); err != nil || !holdsFrame(raw, "v") {
 				t.Errorf("Redis holds %q, %v after the fill; want the value", raw, err)
@@ -268,11 +272,8 @@ func TestGetReturnsBeforeFill(t *testing.T) {
 // is on its way, waits for that fill rather than cancelling it, so that the key holds
 // the value and not the lease's placeholder, which other processes would wait out.
 func TestCloseLetsFillsFinish(t *testing.T) {
-	srv := redistest.Start(t, 1)[0]
-	h := &holdScripts{reached: make(chan struct{}, 1), release: make(chan struct{})}
-	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	cl.AddHook(h)
-	t.Cleanup(func() { cl.Close() })
+	srv, cl, h := heldNode(t)
+	defer h.open()
 	src := newSource()
 	src.put("k", "v")
 	c, err := New(Options[string]{Nodes: []Node{{Name: "n", Client: cl}}, Namespace: "closefill", Loader: src, Timeout: 10 * time.Second})
@@ -287,9 +288,6 @@ func TestCloseLetsFillsFinish(t *testing.T) {
 	waitSettled(t, c)
 
 	h.armed.Store(true)
-	var released sync.Once
-	release := func() { released.Do(func() { h.armed.Store(false); close(h.release) }) }
-	t.Cleanup(release)
 	if v, err := c.Get(ctx, "k"); err != nil || v != "v" {
 		t.Fatalf("Get = %q, %v", v, err)
 	}
@@ -305,7 +303,7 @@ func TestCloseLetsFillsFinish(t *testing.T) {
 		t.Fatalf("Close returned (%v) while a fill was on its way", err)
 	case <-time.After(50 * time.Millisecond): // Close is waiting for the fill
 	}
-	release()
+	h.open()
 	select {
 	case err := <-closed:
 		if err != nil {
