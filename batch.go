@@ -49,14 +49,11 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 		start = time.Now()
 	}
 	out := make(map[string]V, len(keys))
+	// A key asked for twice is looked up twice: its second miss finds the flight its
+	// first began, and waits for it (as a second Get of it would).
 	var waits, led []*flight[V]
 	var slab []flight[V] // storage for the flights this call starts: one allocation
-	seen := make(map[string]struct{}, len(keys))
-	for _, k := range keys {
-		if _, dup := seen[k]; dup {
-			continue
-		}
-		seen[k] = struct{}{}
+	for i, k := range keys {
 		h := c.local.Hash(k)
 		if v, absent, ok, refresh := c.local.Lookup(h, k); ok {
 			c.stats.localHit(h)
@@ -69,7 +66,11 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 			continue
 		}
 		if len(slab) == 0 {
-			slab = make([]flight[V], len(keys)-len(seen)+1)
+			slab = make([]flight[V], len(keys)-i)
+		}
+		if waits == nil {
+			waits = make([]*flight[V], 0, len(keys)-i)
+			led = make([]*flight[V], 0, len(keys)-i)
 		}
 		fl, lead, ready := c.begin(k, h, c.shared.Owner(k), &slab[0])
 		if ready { // on its way into the near-cache (see announce): a near hit

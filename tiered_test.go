@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -314,6 +315,42 @@ func TestGetManyPerKeyLoader(t *testing.T) {
 	}
 	if len(got) != 50 {
 		t.Fatalf("GetMany returned %d values, want 50", len(got))
+	}
+}
+
+// TestGetManyDuplicateKeys: a key asked for more than once is loaded once and
+// returned once, whichever tier answers it (loaded, shared hit, near hit).
+func TestGetManyDuplicateKeys(t *testing.T) {
+	servers := redistest.Start(t, 2)
+	src := newSource()
+	for _, k := range []string{"a", "b", "c"} {
+		src.put(k, "v"+k)
+	}
+	o := ringOpts[string](t, servers)
+	o.Loader = src
+	c := newCache(t, o)
+	other := newCache(t, o)
+	ctx := context.Background()
+	want := map[string]string{"a": "va", "b": "vb", "c": "vc"}
+	check := func(step string, got map[string]string, err error) {
+		t.Helper()
+		if err != nil || !maps.Equal(got, want) {
+			t.Fatalf("%s: GetMany = %v, %v; want %v", step, got, err, want)
+		}
+	}
+	keys := []string{"a", "b", "a", "c", "b", "a", "missing", "missing"}
+	got, err := c.GetMany(ctx, keys) // loaded
+	check("loaded", got, err)
+	if n := src.calls.Load(); n != 4 { // a, b, c and missing, once each
+		t.Fatalf("%d loads for 4 distinct keys", n)
+	}
+	waitSettled(t, c)
+	got, err = other.GetMany(ctx, keys) // shared hits in another instance
+	check("shared", got, err)
+	got, err = c.GetMany(ctx, keys) // near hits
+	check("near", got, err)
+	if n := src.calls.Load(); n != 4 { // missing's absence is cached too
+		t.Fatalf("%d loads after three calls, want the first call's 4", n)
 	}
 }
 

@@ -192,6 +192,7 @@ func oneNode(t *testing.T) (*redistest.Server, *redis.Client, *Redis) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	return srv, cl, r
 }
 

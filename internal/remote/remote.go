@@ -81,6 +81,7 @@ type Redis struct {
 	hintTTL  time.Duration // Config.HintTTL
 	seqKey   string        // per-node invalidation sequence
 	epochKey string        // per-node epoch
+	workers  workers       // warm goroutines for batches' node round trips (workers.go)
 }
 
 type node struct {
@@ -281,7 +282,8 @@ func checkClient(name string, c redis.UniversalClient) error {
 // Wait waits for the pipelines still running in goroutines (a caller that gave up
 // leaves its pipeline running until the node answers or Timeout passes). Call it
 // once no call is in flight, after closing the clients the cache owns, which ends
-// their pipelines at once: it makes Close leave no goroutine of the shared tier.
+// their pipelines at once; it then stops the goroutines parked for batches
+// (workers.go): it makes Close leave no goroutine of the shared tier.
 func (r *Redis) Wait() {
 	r.addMu.Lock()
 	nodes := append(append([]*node(nil), *r.nodes.Load()...), r.replaced...)
@@ -289,6 +291,7 @@ func (r *Redis) Wait() {
 	for _, n := range nodes {
 		n.p.wg.Wait()
 	}
+	r.workers.stop()
 }
 
 // Key returns the Redis key that stores key.
@@ -674,7 +677,9 @@ func (r *Redis) perNodeThen(ctx context.Context, items []Item, then func([]*Item
 		idx    int
 		master string // a Cluster is split by master, each behind its own breaker
 	}
-	groups := make(map[group][]*Item)
+	// Each group's items in one backing array, sized by a first pass: no slice grows.
+	gs := make([]group, len(items))
+	sizes := make(map[group]int)
 	var noNode []int
 	var noNodeItems []*Item
 	for i := range items {
@@ -684,10 +689,22 @@ func (r *Redis) perNodeThen(ctx context.Context, items []Item, then func([]*Item
 			it.Err = err
 			noNode = append(noNode, it.Node)
 			noNodeItems = append(noNodeItems, it)
+			gs[i].idx = -1
 			continue
 		}
-		g := group{it.Node, r.master(ctx, n, it.Key)}
-		groups[g] = append(groups[g], it)
+		gs[i] = group{it.Node, r.master(ctx, n, it.Key)}
+		sizes[gs[i]]++
+	}
+	backing := make([]*Item, 0, len(items))
+	groups := make(map[group][]*Item, len(sizes))
+	for g, size := range sizes {
+		groups[g] = backing[len(backing) : len(backing) : len(backing)+size]
+		backing = backing[:len(backing)+size]
+	}
+	for i := range items {
+		if g := gs[i]; g.idx >= 0 {
+			groups[g] = append(groups[g], &items[i])
+		}
 	}
 	var errs []error
 	if len(noNode) > 0 {
@@ -723,7 +740,11 @@ func (r *Redis) perNodeThen(ctx context.Context, items []Item, then func([]*Item
 			last, inline = g, true
 			continue
 		}
-		wg.Go(func() { run(g, batch) })
+		wg.Add(1)
+		r.workers.run(func() {
+			defer wg.Done()
+			run(g, batch)
+		})
 	}
 	if then != nil && len(noNodeItems) > 0 {
 		then(noNodeItems)

@@ -61,6 +61,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) {
 		t.Fatalf("Get of a missing key = %v, want ErrMiss", err)
@@ -106,6 +107,7 @@ func TestGetManyHandsEachNodesItems(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	var items []remote.Item
 	for i := range 30 {
@@ -162,6 +164,7 @@ func TestHungNodeBoundedByTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	if err := r.Set(ctx, 0, "k", []byte("v"), time.Minute, payload); err != nil { // warm a connection
 		t.Fatal(err)
@@ -206,6 +209,7 @@ func TestWritesPublishInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	ps := cl.Subscribe(ctx, r.Channel())
 	defer ps.Close()
@@ -262,6 +266,7 @@ func TestBreakerFailsFastThenRecovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	if _, err := r.Get(ctx, 0, "k"); !errors.Is(err, remote.ErrMiss) { // a miss is a success
 		t.Fatal(err)
@@ -331,6 +336,7 @@ func TestDelOneErrorPerNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	if err := r.Set(ctx, 0, "a", []byte("v"), time.Minute, payload); err != nil {
 		t.Fatal(err)

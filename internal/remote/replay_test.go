@@ -24,6 +24,7 @@ func TestReplayClearsOnlyTheNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.Wait) // stops its parked batch workers
 	ctx := context.Background()
 	cl := client(t, srv.Addr())
 	if _, err := cl.Pipelined(ctx, func(p redis.Pipeliner) error {
