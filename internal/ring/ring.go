@@ -82,6 +82,10 @@ type snapshot struct {
 	alias map[string]int32       // alias -> node index
 	names []string               // node name by index; "" marks a removed node
 	index map[string]int32       // live name -> index
+	// sole is the index of the only live node, or -1: with one node every key is
+	// its, and Owner answers without hashing the key or searching stathat's points
+	// (a tenth of a 1-node Cache's CPU per Set, in the benchmarks module's profiles).
+	sole int32
 }
 
 // New returns a ring over the named nodes, indexed 0..len(names)-1 in the
@@ -109,6 +113,9 @@ func New(names []string, replicas int) (*Ring, error) {
 // ring is empty. It never waits for Add or Remove.
 func (r *Ring) Owner(key string) (idx int, ok bool) {
 	s := r.snap.Load()
+	if s.sole >= 0 {
+		return int(s.sole), true
+	}
 	if s.c == nil {
 		return 0, false
 	}
@@ -206,6 +213,12 @@ func (s *snapshot) build(replicas int) {
 		}
 		for j := range perNode {
 			s.alias[aliasOf(n, j)] = int32(i)
+		}
+	}
+	s.sole = -1
+	if len(s.index) == 1 {
+		for _, i := range s.index {
+			s.sole = i
 		}
 	}
 	if len(s.alias) == 0 {

@@ -207,6 +207,33 @@ func TestEmpty(t *testing.T) {
 	}
 }
 
+// TestSoleNode: while one node is live, every key is its, whatever the nodes that
+// came and went (Owner's shortcut agrees with the ring it skips).
+func TestSoleNode(t *testing.T) {
+	r := mustNew(t, names("redis-%d", 3), 0)
+	for _, n := range []string{"redis-0", "redis-2"} {
+		if err := r.Remove(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 1000 {
+		if idx, ok := r.Owner(strconv.Itoa(i)); !ok || idx != 1 {
+			t.Fatalf("Owner(%d) = %d, %v with redis-1 alone; want 1, true", i, idx, ok)
+		}
+	}
+	if err := r.Add("redis-3"); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for i := range 1000 {
+		idx, _ := r.Owner(strconv.Itoa(i))
+		seen[idx] = true
+	}
+	if !seen[1] || !seen[3] || len(seen) != 2 {
+		t.Fatalf("owners with redis-1 and redis-3 live: %v", seen)
+	}
+}
+
 // TestConcurrent is meant for -race: Owner runs while nodes come and go.
 func TestConcurrent(t *testing.T) {
 	r := mustNew(t, []string{"stable"}, 100)
@@ -265,7 +292,7 @@ func benchKeys() []string {
 }
 
 func BenchmarkOwner(b *testing.B) {
-	for _, n := range []int{3, 10} {
+	for _, n := range []int{1, 3, 10} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
 			r := mustNew(b, names("redis-%d", n), 0)
 			keys := benchKeys()
