@@ -351,6 +351,24 @@ func BenchmarkRedisGetParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkRedisAutoPipelineGetParallel is the same GETs through go-redis's own
+// automatic pipelining (Client.AutoPipeline, experimental in v9.23: concurrent
+// commands batched per connection, one batch in flight): what go-redis itself makes of
+// pipelining these reads, the floor for a client built on it. Read
+// BenchmarkGetRemoteHitParallel's throughput against both baselines.
+func BenchmarkRedisAutoPipelineGetParallel(b *testing.B) {
+	_, cl, _, keys := parallelFixture(b)
+	ap, err := cl.AutoPipeline()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ap.Close()
+	ctx := context.Background()
+	runParallelKeys(b, keys, func(k string) error {
+		return ap.Get(ctx, "bench:{"+k+"}").Err()
+	})
+}
+
 // BenchmarkSetParallel: 64 goroutines Set distinct keys: each Set writes Redis and
 // publishes its invalidation, atomically (a script); Sets that queue behind a busy
 // node share one script call and one message.
