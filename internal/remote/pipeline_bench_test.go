@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -14,7 +15,10 @@ import (
 
 // The pipeliner against go-redis's own automatic pipelining, bare: 64 goroutines GET
 // distinct keys of one node, each GET one command, nothing else. The difference is
-// what the pipeliner itself costs (or saves).
+// what the pipeliner itself costs (or saves). Then the same through the pipeliner
+// with a shared hit's lease command (SET NX GET) in place of the GET, and through
+// Redis.Lease (the breaker, the command built without allocations, the reply parsed):
+// the layers under a Get, each on its own.
 //
 // go test -run '^$' -bench 'ParallelGet' -benchmem -count 6 ./internal/remote
 
@@ -70,5 +74,32 @@ func BenchmarkAutoPipelineParallelGet(b *testing.B) {
 	defer ap.Close()
 	runParallelGets(b, keys, func(ctx context.Context, key string) error {
 		return ap.Process(ctx, redis.NewStringCmd(ctx, "get", key))
+	})
+}
+
+func BenchmarkPipelinerParallelLeaseCmd(b *testing.B) {
+	cl, keys := parallelGetFixture(b)
+	p := newPipeliner(cl, time.Second, nil)
+	runParallelGets(b, keys, func(ctx context.Context, key string) error {
+		cmd := redis.NewStringCmd(ctx, "set", key, "\x00lease:abcdefghijabcdefghij", "nx", "get", "px", 5000)
+		if err := p.do(ctx, cmd); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		return nil
+	})
+	b.StopTimer()
+	p.wg.Wait()
+}
+
+func BenchmarkRedisLeaseParallel(b *testing.B) {
+	cl, keys := parallelGetFixture(b)
+	r, err := New(Config{Nodes: []Node{{Name: "n", Client: cl}}, Timeout: time.Second, MissedDeletes: 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(r.Wait)
+	runParallelGets(b, keys, func(ctx context.Context, key string) error {
+		_, _, _, err := r.Lease(ctx, 0, key[len("bench:{"):len(key)-1], "", 5*time.Second)
+		return err
 	})
 }
