@@ -90,7 +90,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 	if len(led) > 0 {
 		if rest := c.readMany(detached(ctx), led); len(rest) > 0 {
 			c.wg.Add(1)
-			go c.loadMany(ctx, rest)
+			c.loads.Go(func() { c.loadMany(ctx, rest) })
 		}
 	}
 	var errs []error

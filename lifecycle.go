@@ -218,6 +218,7 @@ func (c *Cache[V]) Close() error {
 	c.cancel()
 	c.abortFlights()
 	c.wg.Wait()
+	c.loads.Stop() // every load has ended: their goroutines were only kept warm
 	var err error
 	if r, ok := c.shared.(*remote.Redis); ok {
 		err = c.replayOwn(r)

@@ -11,6 +11,7 @@ import (
 	"github.com/tieredcache/tiered/internal/local"
 	"github.com/tieredcache/tiered/internal/remote"
 	"github.com/tieredcache/tiered/internal/ring"
+	"github.com/tieredcache/tiered/internal/warm"
 )
 
 // Cache is a two-tier read-through cache of V values under string keys. It is safe
@@ -31,6 +32,7 @@ type Cache[V any] struct {
 	fills     map[string]*fillWait // keys whose fill a flight waits for (coherence.go)
 	fillWaits atomic.Int64         // waits registered in fills
 	origin    string               // this Cache's id in invalidation messages
+	loads     warm.Pool            // the goroutines of loads, kept warm (see lead)
 	// localOnly is set when there is no shared tier: a Set then exists only in the near-cache.
 	localOnly bool
 
@@ -203,7 +205,9 @@ func (c *Cache[V]) lead(ctx context.Context, fl *flight[V], pc perCall[V]) bool 
 		return true
 	}
 	c.wg.Add(1) // for load; this call's own count keeps Close waiting
-	go c.load(ctx, fl, sr)
+	// On a goroutine kept from an earlier load: a new one's stack would grow on the
+	// way through the fill's go-redis calls, every time.
+	c.loads.Go(func() { c.load(ctx, fl, sr) })
 	return false
 }
 

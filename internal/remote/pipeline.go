@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/tieredcache/tiered/internal/warm"
 )
 
 // Pipelined node access ("natural batching", as rueidis does, with no timer).
@@ -60,6 +62,7 @@ type pipeliner struct {
 	inflight int
 	queue    []*queued
 	wg       sync.WaitGroup // the pipelines running in goroutines (Redis.Wait)
+	pool     *warm.Pool     // their goroutines, kept warm (nil: new ones)
 }
 
 type queued struct {
@@ -223,7 +226,11 @@ func (p *pipeliner) next() {
 	}
 	// Counted while this caller's own call still holds its slot, so the count
 	// never falls to zero while a successor is being started.
-	p.wg.Go(func() { p.runAll(batch) })
+	p.wg.Add(1)
+	p.pool.Go(func() {
+		defer p.wg.Done()
+		p.runAll(batch)
+	})
 }
 
 // take returns the next batch of queued commands, keeping the slot for it, or frees

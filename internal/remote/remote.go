@@ -26,6 +26,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/tieredcache/tiered/internal/warm"
 )
 
 // ErrMiss reports that Redis holds no value for a key.
@@ -81,7 +83,7 @@ type Redis struct {
 	hintTTL  time.Duration // Config.HintTTL
 	seqKey   string        // per-node invalidation sequence
 	epochKey string        // per-node epoch
-	workers  workers       // warm goroutines for batches' node round trips (workers.go)
+	workers  warm.Pool     // goroutines for batches' node round trips and for pipelines, kept warm
 }
 
 type node struct {
@@ -231,7 +233,9 @@ func (r *Redis) AddNode(n Node) (int, error) {
 }
 
 func (r *Redis) newNode(n Node, cluster bool) *node {
-	return &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: newPipeliner(n.Client, r.timeout, r.setCmd)}
+	p := newPipeliner(n.Client, r.timeout, r.setCmd)
+	p.pool = &r.workers
+	return &node{name: n.Name, c: n.Client, cluster: cluster, cb: r.newBreaker(n.Name), p: p}
 }
 
 // Replace makes node idx reach Redis through n.Client from now on (the node moved to
@@ -282,8 +286,8 @@ func checkClient(name string, c redis.UniversalClient) error {
 // Wait waits for the pipelines still running in goroutines (a caller that gave up
 // leaves its pipeline running until the node answers or Timeout passes). Call it
 // once no call is in flight, after closing the clients the cache owns, which ends
-// their pipelines at once; it then stops the goroutines parked for batches
-// (workers.go): it makes Close leave no goroutine of the shared tier.
+// their pipelines at once; it then stops the goroutines kept for batches: it makes
+// Close leave no goroutine of the shared tier.
 func (r *Redis) Wait() {
 	r.addMu.Lock()
 	nodes := append(append([]*node(nil), *r.nodes.Load()...), r.replaced...)
@@ -291,7 +295,7 @@ func (r *Redis) Wait() {
 	for _, n := range nodes {
 		n.p.wg.Wait()
 	}
-	r.workers.stop()
+	r.workers.Stop()
 }
 
 // Key returns the Redis key that stores key.
@@ -741,7 +745,7 @@ func (r *Redis) perNodeThen(ctx context.Context, items []Item, then func([]*Item
 			continue
 		}
 		wg.Add(1)
-		r.workers.run(func() {
+		r.workers.Go(func() {
 			defer wg.Done()
 			run(g, batch)
 		})

@@ -1,53 +1,57 @@
-package remote
+package warm
 
 import (
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
-// TestWorkers: a worker that has run a task parks and runs the next one (no new
-// goroutine), at most maxIdleWorkers park, stop ends them (TestMain's goleak checks
-// that none is left), and the pool still runs tasks after stop.
-func TestWorkers(t *testing.T) {
-	var w workers
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestPool: a goroutine that has run a task parks and runs the next one (no new
+// goroutine), at most maxIdle park, Stop ends them (TestMain's goleak checks that
+// none is left), and the Pool still runs tasks after Stop.
+func TestPool(t *testing.T) {
+	var w Pool
 	idle := func() int {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		return len(w.idle)
 	}
 	done := make(chan struct{})
-	w.run(func() { close(done) })
+	w.Go(func() { close(done) })
 	<-done
 	waitFor(t, func() bool { return idle() == 1 })
 	ran := make(chan struct{})
-	w.run(func() { close(ran) })
+	w.Go(func() { close(ran) })
 	<-ran
 	waitFor(t, func() bool { return idle() == 1 }) // the same worker, parked again
 
 	// Many at once: each finds no parked worker until the first ones finish.
 	var wg sync.WaitGroup
 	release := make(chan struct{})
-	for range 3 * maxIdleWorkers {
+	for range 3 * maxIdle {
 		wg.Add(1)
-		w.run(func() {
+		w.Go(func() {
 			defer wg.Done()
 			<-release
 		})
 	}
 	close(release)
 	wg.Wait()
-	waitFor(t, func() bool { return idle() == maxIdleWorkers })
+	waitFor(t, func() bool { return idle() == maxIdle })
 
-	w.stop()
+	w.Stop()
 	if n := idle(); n != 0 {
 		t.Fatalf("%d workers parked after stop", n)
 	}
 	after := make(chan struct{})
-	w.run(func() { close(after) })
+	w.Go(func() { close(after) })
 	<-after
-	w.stop() // waits for that worker, which does not park
+	w.Stop() // waits for that worker, which does not park
 	if n := idle(); n != 0 {
 		t.Fatalf("%d workers parked after a stopped pool's task", n)
 	}
