@@ -186,6 +186,13 @@ func (c *Cache[V]) fillOne(ctx context.Context, fl *flight[V], p plan, v V, err 
 	if !ok {
 		return
 	}
+	if !f.cacheable {
+		// Over MaxValueSize: settle released the lease, and nothing is filled or
+		// stored. The flight ends now, so a caller that misses the key after this one
+		// returned loads it again, as it would find it in no tier.
+		c.finish(fl, f.outcome)
+		return
+	}
 	if p.write && (p.refresh || p.token != "" || p.repair) {
 		// The callers have the value now; the shared tier's fill follows. Close
 		// cancels loads but waits for fills (each bounded by Options.Timeout): a
