@@ -294,8 +294,14 @@ func (c *Cache[V]) loadBatchFill(ctx context.Context, pend []*pending[V]) {
 		if !ok {
 			continue // ended with the error
 		}
+		if !f.cacheable {
+			// Over MaxValueSize: its lease released, nothing to fill or store; it
+			// ends now, as fillOne's does, not announced behind the others' fills.
+			c.finish(pd.fl, f.outcome)
+			continue
+		}
 		r := ready{fl: pd.fl, f: f}
-		if f.cacheable && pd.p.write {
+		if pd.p.write {
 			switch {
 			case pd.p.token != "":
 				r.in, r.at = &leased, len(leased)

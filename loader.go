@@ -261,13 +261,11 @@ func (c *Cache[V]) settle(ctx context.Context, fl *flight[V], p plan, v V, err e
 	return f, true
 }
 
-// store puts a settled value in the near-cache, unless its shared-tier fill lost the
-// lease: a write or delete voided it while we loaded, so the value may predate it.
-// It is still returned to the callers that asked before the write, but stored nowhere.
+// store puts a settled, cacheable value in the near-cache, unless its shared-tier
+// fill lost the lease: a write or delete voided it while we loaded, so the value may
+// predate it. It is still returned to the callers that asked before the write, but
+// stored nowhere. (A value over MaxValueSize never gets here: its flight ends first.)
 func (c *Cache[V]) store(fl *flight[V], f filled[V], fillErr error) {
-	if !f.cacheable {
-		return
-	}
 	switch {
 	case errors.Is(fillErr, remote.ErrLeaseLost):
 		c.stats.leasesLost.Add(1)

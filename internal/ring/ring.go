@@ -84,7 +84,8 @@ type snapshot struct {
 	index map[string]int32       // live name -> index
 	// sole is the index of the only live node, or -1: with one node every key is
 	// its, and Owner answers without hashing the key or searching stathat's points
-	// (a tenth of a 1-node Cache's CPU per Set, in the benchmarks module's profiles).
+	// (BenchmarkOwner: 2 ns against 157 ns on 3 nodes; a 1-node Cache asks on every
+	// near miss and write).
 	sole int32
 }
 
