@@ -53,6 +53,129 @@ func TestPipelinerAbandonedCall(t *testing.T) {
 	}
 }
 
+// Commands queued behind a pipeline that is out wait for it while the queue is
+// shorter than deepQueue; the command that makes it deepQueue long sends the whole
+// queue at once as a second pipeline. A BLPOP holds each pipeline out (it blocks its
+// connection until the test pushes to its list): the second pipeline's GETs answer
+// while the first BLPOP still blocks, and with both out a deep queue waits (maxDeep is
+// 2) until one returns.
+func TestPipelinerDeepQueue(t *testing.T) {
+	srv := redistest.Start(t, 1)[0]
+	// No read timeout: a BLPOP built by hand blocks for as long as the test needs.
+	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1, ReadTimeout: -1})
+	t.Cleanup(func() { cl.Close() })
+	p := newPipeliner(cl, time.Minute, nil)
+	ctx := context.Background()
+	if err := cl.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		// Unblock the BLPOPs whatever happened (an extra item is harmless), then
+		// wait for every call and pipeline.
+		_ = cl.LPush(ctx, "list1", "end").Err()
+		_ = cl.LPush(ctx, "list2", "end").Err()
+		wg.Wait()
+		p.wg.Wait()
+	})
+	// send runs cmd through the pipeliner in a goroutine; the channel closes when
+	// the call returns (cmd may be read from then on).
+	send := func(cmd redis.Cmder) <-chan struct{} {
+		done := make(chan struct{})
+		wg.Go(func() {
+			defer close(done)
+			_ = p.do(ctx, cmd)
+		})
+		return done
+	}
+	type call struct {
+		cmd  *redis.StringCmd
+		done <-chan struct{}
+	}
+	queue := func(n, already int) []call {
+		calls := make([]call, n)
+		for i := range calls {
+			calls[i].cmd = redis.NewStringCmd(ctx, "get", "k")
+			calls[i].done = send(calls[i].cmd)
+			waitQueued(t, p, already+i+1) // queued in this order
+		}
+		return calls
+	}
+	state := func() (inflight, queued int) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.inflight, len(p.queue)
+	}
+	answered := func(what string, calls []call) {
+		t.Helper()
+		for i, c := range calls {
+			<-c.done
+			if v, err := c.cmd.Result(); err != nil || v != "v" {
+				t.Fatalf("%s: GET %d = %q, %v; want \"v\"", what, i, v, err)
+			}
+		}
+	}
+
+	first := redis.NewStringSliceCmd(ctx, "blpop", "list1", 0)
+	firstDone := send(first) // inline: the one slot
+	waitInflight(t, p)
+
+	// A second BLPOP and deepQueue-2 GETs queue behind it: the queue waits.
+	second := redis.NewStringSliceCmd(ctx, "blpop", "list2", 0)
+	secondDone := send(second)
+	waitQueued(t, p, 1)
+	behindSecond := queue(deepQueue-2, 1)
+	if inflight, queued := state(); inflight != 1 || queued != deepQueue-1 {
+		t.Fatalf("%d commands queued: %d pipelines out, %d queued; want 1 and %d", deepQueue-1, inflight, queued, deepQueue-1)
+	}
+	// The GET that makes the queue deep sends it all as the second pipeline, which
+	// blocks on its BLPOP.
+	last := call{cmd: redis.NewStringCmd(ctx, "get", "k")}
+	last.done = send(last.cmd)
+	behindSecond = append(behindSecond, last)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if inflight, queued := state(); inflight == maxDeep && queued == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			inflight, queued := state()
+			t.Fatalf("after a deep queue: %d pipelines out, %d queued; want %d and 0", inflight, queued, maxDeep)
+		}
+		time.Sleep(time.Millisecond) // poll interval
+	}
+
+	// Both pipelines out: a deep queue waits.
+	third := queue(deepQueue+1, 0)
+	if inflight, queued := state(); inflight != maxDeep || queued != len(third) {
+		t.Fatalf("both pipelines out: %d out, %d queued; want %d and %d", inflight, queued, maxDeep, len(third))
+	}
+
+	// The second BLPOP returns: its pipeline's GETs answer, and the queue goes out
+	// after them, while the first BLPOP still blocks.
+	if err := cl.LPush(ctx, "list2", "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	<-secondDone
+	if v, err := second.Result(); err != nil || len(v) != 2 || v[1] != "x" {
+		t.Fatalf("second BLPOP = %v, %v; want [list2 x]", v, err)
+	}
+	answered("behind the second BLPOP", behindSecond)
+	answered("queued behind both pipelines", third)
+	select {
+	case <-firstDone:
+		t.Fatalf("the first BLPOP returned (%v, %v) before its list had an item", first.Val(), first.Err())
+	default:
+	}
+	if err := cl.LPush(ctx, "list1", "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	<-firstDone
+	if v, err := first.Result(); err != nil || len(v) != 2 || v[1] != "x" {
+		t.Fatalf("first BLPOP = %v, %v; want [list1 x]", v, err)
+	}
+}
+
 func waitInflight(t *testing.T, p *pipeliner) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
