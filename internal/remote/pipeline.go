@@ -39,19 +39,22 @@ const (
 	// against raw go-redis's 23.5-25.4 us/op: 1 in flight 7.2-7.4 us/op, 2:
 	// 7.6-7.9, 4: 9.7-11.4, 8: 13.3-13.5, 16: 14.0-14.8.
 	maxInflight = 1
-	// maxDeep is the pipelines in flight to one node once deepQueue commands wait
-	// behind the one in flight (enqueue): a queue that deep means callers come back
-	// faster than one pipeline turns round, and a second pipeline of at least
-	// deepQueue commands still shares each syscall among many. Where a round trip
-	// costs more than the callers' own work (wake-ups on a virtual machine), the
-	// second pipeline overlaps it. Interleaved rounds of BenchmarkGetRemoteHitParallel
-	// (64 goroutines; medians of 4; throughput against raw go-redis's in the same
-	// process): one in flight 2.06x raw; two from the first queued command 2.17x; a
-	// second once 8, 16 or 32 commands wait 2.25x, 2.57x, 2.56x. At 16 goroutines
-	// (the benchmarks module's SharedHit) the queue seldom reaches 32, and nothing
-	// changes.
-	maxDeep   = 2
-	deepQueue = 32
+	// maxDeep is the pipelines in flight to one node once enough commands wait
+	// behind the one in flight (enqueue): as many as the pipelines have been taking
+	// lately (a moving average of their sizes), and at least deepMin. A queue that
+	// long means callers come back faster than a pipeline turns round; a second
+	// pipeline of that size shares its syscalls among as many commands as the first,
+	// and where a round trip costs more than the callers' own work (wake-ups on a
+	// virtual machine) it overlaps the first's. Interleaved rounds, medians of 4,
+	// each set against its baseline in the same rounds: BenchmarkGetRemoteHitParallel
+	// (64 goroutines), throughput against raw go-redis's: one in flight 2.06x, two
+	// from the first queued command 2.17x, a second from 8 queued 2.25x, from 32
+	// queued 2.47-2.56x, from the average 2.69x. The benchmarks module's SharedHit
+	// (16 goroutines), tiered-1node's time against rueidis's: one in flight 1.10x,
+	// from 32 queued 1.08-1.17x, from 8 queued 0.88x, from the average 0.91x. No
+	// fixed length serves both.
+	maxDeep = 2
+	deepMin = 8
 	// maxBatch bounds the commands of one pipeline.
 	maxBatch = 256
 )
@@ -73,9 +76,10 @@ type pipeliner struct {
 	// sets builds the script call that applies writes and publishes their message.
 	sets func(context.Context, []*write) *redis.Cmd
 
-	mu       sync.Mutex // protects inflight and queue
+	mu       sync.Mutex // protects inflight, queue and batchAvg
 	inflight int
 	queue    []*queued
+	batchAvg int            // 8 x a moving average of the batches' sizes, the last weighing 1/8
 	wg       sync.WaitGroup // the pipelines running in goroutines (Redis.Wait)
 	pool     *warm.Pool     // their goroutines, kept warm (nil: new ones)
 }
@@ -160,12 +164,12 @@ func (p *pipeliner) do(ctx context.Context, cmd redis.Cmder) error {
 	return abandoned{ctx.Err()}
 }
 
-// enqueue queues q (p.mu held; enqueue releases it). A queue that has grown to
-// deepQueue while every slot is busy gets a second pipeline of its own at once
-// (see maxDeep), rather than waiting for the pipeline in flight to return.
+// enqueue queues q (p.mu held; enqueue releases it). A queue that has grown as
+// long as the recent batches while the pipeline is out goes out at once as a second
+// pipeline (see maxDeep), rather than waiting for the first to return.
 func (p *pipeliner) enqueue(q *queued) {
 	p.queue = append(p.queue, q)
-	if len(p.queue) < deepQueue || p.inflight >= p.deep {
+	if len(p.queue) < max(deepMin, p.batchAvg/8) || p.inflight >= p.deep {
 		p.mu.Unlock()
 		return
 	}
@@ -280,6 +284,7 @@ func (p *pipeliner) take() []*queued {
 // takeLocked takes the next batch off the queue, which is not empty (p.mu held).
 func (p *pipeliner) takeLocked() []*queued {
 	n := min(len(p.queue), maxBatch)
+	p.batchAvg += n - p.batchAvg/8
 	batch := p.queue[:n:n]
 	if n == len(p.queue) {
 		p.queue = nil

@@ -54,8 +54,9 @@ func TestPipelinerAbandonedCall(t *testing.T) {
 }
 
 // Commands queued behind a pipeline that is out wait for it while the queue is
-// shorter than deepQueue; the command that makes it deepQueue long sends the whole
-// queue at once as a second pipeline. A BLPOP holds each pipeline out (it blocks its
+// shorter than the recent batches (their moving average, here preset to 12); the
+// command that makes it that long sends the whole queue at once as a second
+// pipeline. A BLPOP holds each pipeline out (it blocks its
 // connection until the test pushes to its list): the second pipeline's GETs answer
 // while the first BLPOP still blocks, and with both out a deep queue waits (maxDeep is
 // 2) until one returns.
@@ -65,6 +66,8 @@ func TestPipelinerDeepQueue(t *testing.T) {
 	cl := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1, ReadTimeout: -1})
 	t.Cleanup(func() { cl.Close() })
 	p := newPipeliner(cl, time.Minute, nil)
+	const deep = deepMin + 4
+	p.batchAvg = 8 * deep // as if batches of 12 had gone out
 	ctx := context.Background()
 	if err := cl.Set(ctx, "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
@@ -120,13 +123,13 @@ func TestPipelinerDeepQueue(t *testing.T) {
 	firstDone := send(first) // inline: the one slot
 	waitInflight(t, p)
 
-	// A second BLPOP and deepQueue-2 GETs queue behind it: the queue waits.
+	// A second BLPOP and deep-2 GETs queue behind it: the queue waits.
 	second := redis.NewStringSliceCmd(ctx, "blpop", "list2", 0)
 	secondDone := send(second)
 	waitQueued(t, p, 1)
-	behindSecond := queue(deepQueue-2, 1)
-	if inflight, queued := state(); inflight != 1 || queued != deepQueue-1 {
-		t.Fatalf("%d commands queued: %d pipelines out, %d queued; want 1 and %d", deepQueue-1, inflight, queued, deepQueue-1)
+	behindSecond := queue(deep-2, 1)
+	if inflight, queued := state(); inflight != 1 || queued != deep-1 {
+		t.Fatalf("%d commands queued: %d pipelines out, %d queued; want 1 and %d", deep-1, inflight, queued, deep-1)
 	}
 	// The GET that makes the queue deep sends it all as the second pipeline, which
 	// blocks on its BLPOP.
@@ -146,7 +149,7 @@ func TestPipelinerDeepQueue(t *testing.T) {
 	}
 
 	// Both pipelines out: a deep queue waits.
-	third := queue(deepQueue+1, 0)
+	third := queue(2*deep, 0)
 	if inflight, queued := state(); inflight != maxDeep || queued != len(third) {
 		t.Fatalf("both pipelines out: %d out, %d queued; want %d and %d", inflight, queued, maxDeep, len(third))
 	}
