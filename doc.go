@@ -218,7 +218,9 @@
 //
 // Commands to one standalone node are pipelined: a lone call is sent at once, and the
 // calls that arrive while one is on the wire go out together when it returns, one
-// write and one read for all of them (as rueidis does). Sets among them go out as one
+// write and one read for all of them (as rueidis does); if as many queue as the recent
+// batches held, they go out at once as a second pipeline (TestPipelinerDeepQueue).
+// Sets among them go out as one
 // script call with one sequence number and one invalidation message for all their
 // keys (TestQueuedSetsShareOneMessage); a lone Set is never held back. A call is still
 // bounded by Options.Timeout, or twice that if it waited behind a call to a node that
