@@ -49,10 +49,12 @@ const (
 	// each set against its baseline in the same rounds: BenchmarkGetRemoteHitParallel
 	// (64 goroutines), throughput against raw go-redis's: one in flight 2.06x, two
 	// from the first queued command 2.17x, a second from 8 queued 2.25x, from 32
-	// queued 2.47-2.56x, from the average 2.69x. The benchmarks module's SharedHit
-	// (16 goroutines), tiered-1node's time against rueidis's: one in flight 1.10x,
-	// from 32 queued 1.08-1.17x, from 8 queued 0.88x, from the average 0.91x. No
-	// fixed length serves both.
+	// queued 2.47-2.56x, from the average 2.69x; but 6 later rounds of one in flight
+	// against the average gave 2.39x for both, so at 64 goroutines the gain is within
+	// the noise. The benchmarks module's SharedHit (16 goroutines), tiered-1node's time
+	// against rueidis's: one in flight 1.10x, from 32 queued 1.08-1.17x, from 8 queued
+	// 0.88x, from the average 0.91x (and 0.81x over run.sh's 6 runs, 1.39x in the run
+	// before).
 	maxDeep = 2
 	deepMin = 8
 	// maxBatch bounds the commands of one pipeline.
