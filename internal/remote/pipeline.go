@@ -180,6 +180,12 @@ func (p *pipeliner) enqueue(q *queued) {
 	batch := p.takeLocked()
 	p.wg.Add(1)
 	p.mu.Unlock()
+	p.start(batch)
+}
+
+// start runs batch, and what queues behind it, on a pool goroutine; the caller has
+// taken its slot and counted it in p.wg.
+func (p *pipeliner) start(batch []*queued) {
 	p.pool.Go(func() {
 		defer p.wg.Done()
 		p.runAll(batch)
@@ -266,10 +272,7 @@ func (p *pipeliner) next() {
 	// Counted while this caller's own call still holds its slot, so the count
 	// never falls to zero while a successor is being started.
 	p.wg.Add(1)
-	p.pool.Go(func() {
-		defer p.wg.Done()
-		p.runAll(batch)
-	})
+	p.start(batch)
 }
 
 // take returns the next batch of queued commands, keeping the slot for it, or frees
