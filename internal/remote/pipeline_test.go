@@ -136,17 +136,8 @@ func TestPipelinerDeepQueue(t *testing.T) {
 	last := call{cmd: redis.NewStringCmd(ctx, "get", "k")}
 	last.done = send(last.cmd)
 	behindSecond = append(behindSecond, last)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if inflight, queued := state(); inflight == maxDeep && queued == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			inflight, queued := state()
-			t.Fatalf("after a deep queue: %d pipelines out, %d queued; want %d and 0", inflight, queued, maxDeep)
-		}
-		time.Sleep(time.Millisecond) // poll interval
-	}
+	waitState(t, p, fmt.Sprintf("after a deep queue (want %d out, 0 queued)", maxDeep),
+		func(inflight, queued int) bool { return inflight == maxDeep && queued == 0 })
 
 	// Both pipelines out: a deep queue waits.
 	third := queue(2*deep, 0)
@@ -181,19 +172,7 @@ func TestPipelinerDeepQueue(t *testing.T) {
 
 func waitInflight(t *testing.T, p *pipeliner) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		p.mu.Lock()
-		n := p.inflight
-		p.mu.Unlock()
-		if n >= p.limit {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first call never took the pipeline slot")
-		}
-		time.Sleep(time.Millisecond) // poll interval
-	}
+	waitState(t, p, "the first call never took the pipeline slot", func(inflight, _ int) bool { return inflight >= p.limit })
 }
 
 // Sets that queue behind a busy node go out as one script call: every value is
@@ -335,16 +314,23 @@ func subscribed(t *testing.T, cl *redis.Client, r *Redis) *redis.PubSub {
 
 func waitQueued(t *testing.T, p *pipeliner, n int) {
 	t.Helper()
+	waitState(t, p, fmt.Sprintf("fewer than %d commands queued", n), func(_, queued int) bool { return queued >= n })
+}
+
+// waitState polls p's pipelines in flight and queued commands until ok holds of
+// them, or fails the test with what, and the state, after 10 s.
+func waitState(t *testing.T, p *pipeliner, what string, ok func(inflight, queued int) bool) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		p.mu.Lock()
-		q := len(p.queue)
+		inflight, queued := p.inflight, len(p.queue)
 		p.mu.Unlock()
-		if q >= n {
+		if ok(inflight, queued) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d commands queued, want %d", q, n)
+			t.Fatalf("%s: %d pipelines out, %d queued", what, inflight, queued)
 		}
 		time.Sleep(time.Millisecond) // poll interval
 	}
